@@ -1,0 +1,59 @@
+"""The ``framecap`` command line.
+
+Each subcommand lives in its own module of this package and exposes ``register(subparsers)``, which adds its
+parser and sets ``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from framecap_core import __version__
+from framecap_core.errors import FrameCapError
+
+# Order is the order shown in ``framecap --help``.
+SUBCOMMAND_MODULES = ("generate", "prompt", "eval")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="framecap",
+        description=(
+            "FrameCap: long, multi-scene videos from a story with Wan2.1-T2V-1.3B. Every latent frame gets its own "
+            "caption, and Parallel Multi-Window Denoising (PMWD) denoises overlapping windows of the whole "
+            "timeline together."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"framecap {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"framecap_core.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"framecap_core.cli.{name}":
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except FrameCapError as exc:
+        print(f"framecap: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("framecap: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
