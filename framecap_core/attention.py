@@ -124,7 +124,9 @@ class FrameLevelWanAttnProcessor:
 
     def __init__(self, text_len: int = DEFAULT_TEXT_LEN):
         if isinstance(text_len, bool) or not isinstance(text_len, int) or text_len < 1:
-            raise ConfigError(f"text_len must be a positive integer (tokens per caption, 512 for Wan); got {text_len!r}.")
+            raise ConfigError(
+                f"text_len must be a positive integer (tokens per caption, 512 for Wan); got {text_len!r}."
+            )
         self.text_len = text_len
 
     def __repr__(self) -> str:
@@ -219,6 +221,7 @@ def install_frame_level_attention(transformer: WanTransformer3DModel, text_len: 
     Returns:
         the same transformer, for chaining.
     """
+    text_len = FrameLevelWanAttnProcessor(text_len).text_len  # validates before touching the model
     layers = _cross_attention_layers(transformer)
     if any(getattr(layer, "add_k_proj", None) is not None for layer in layers):
         raise ConfigError(
@@ -228,7 +231,7 @@ def install_frame_level_attention(transformer: WanTransformer3DModel, text_len: 
     for layer in layers:
         current = layer.processor
         if isinstance(current, FrameLevelWanAttnProcessor):
-            current.text_len = FrameLevelWanAttnProcessor(text_len).text_len  # validated
+            current.text_len = text_len
             continue
         processor = FrameLevelWanAttnProcessor(text_len)
         processor._attention_backend = getattr(current, "_attention_backend", None)
