@@ -141,7 +141,8 @@ def _quote(text: str, limit: int = 60) -> str:
     text = " ".join(str(text).split())
     if len(text) > limit:
         text = text[: limit - 3] + "..."
-    return f'"{text}"'
+    mark = "'" if '"' in text else '"'  # keep a quoted snippet like "0": "a fox" readable
+    return f"{mark}{text}{mark}"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -473,7 +474,7 @@ def _clean_caption(caption: Any, where: str) -> str:
 def _need_length(kind: str, num_frames: int | None) -> int:
     if num_frames is None:
         raise TimelineError(
-            f"A {kind} timeline does not say how long the video is; pass num_frames (4k+1, e.g. 81 = 5 s at 16 fps) "
+            f"This {kind} timeline does not say how long the video is; pass num_frames (4k+1, e.g. 81 = 5 s at 16 fps) "
             f"or a length in seconds, or write the timeline in seconds ([0s-5s: ...])."
         )
     return check_num_frames(num_frames)
@@ -582,7 +583,8 @@ def _scan_keyframes(text: str) -> list[tuple[str, str, str]]:
             close = body.find("\n", pos)
             close = len(body) if close < 0 else close
             caption, pos = body[pos:close].rstrip().rstrip(","), close
-        entries.append((key, caption, where))
+        entry = body[m.start() : pos].strip()
+        entries.append((key, caption, f"keyframe {number} (line {line}: {_quote(entry)})"))
     return entries
 
 
