@@ -376,7 +376,15 @@ class Timeline:
 
     @classmethod
     def from_json(cls, text: str) -> Timeline:
-        return parse_timeline(text)
+        """Inverse of :meth:`to_json` (canonical JSON only; :func:`parse_timeline` reads every syntax)."""
+        try:
+            data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        except json.JSONDecodeError as exc:
+            raise TimelineError(
+                f"The timeline JSON is invalid at line {exc.lineno} column {exc.colno}: {exc.msg}. Fix the JSON "
+                f"(quotes, commas, brackets)."
+            ) from None
+        return cls.from_dict(data)
 
 
 def _latent_indices(scenes: list[Scene], num_frames: int) -> list[int]:
@@ -407,6 +415,8 @@ _SPAN_RE = re.compile(rf"^\s*({_TIME})\s*(?:(?:-|–|to)\s*({_TIME})\s*)?:(.*)$"
 _BARE_SPAN_RE = re.compile(
     rf"^\s*(?:\d+(?:\.\d+)?\s*s(?:ec(?:onds?)?)?\b|\d+:\d{{2}}(?::\d{{2}})?(?:\.\d+)?)\s*(?:(?:-|–|to)\s*{_TIME}\s*)?:"
 )
+# "[5s-8s: ...]", "[0:05: ...]", even "[8-9: ...]" (to report the missing unit); not "[cinematic] a fox runs".
+_BRACKET_SPAN_RE = re.compile(rf"\[\s*{_TIME}\s*(?:-|–|to|:)")
 _KEY_START_RE = re.compile(r"""^\s*\{?\s*(["']?)-?\d+(?:\.\d+)?\1\s*:""")
 _FILE_SUFFIXES = (".json", ".txt")
 
@@ -816,7 +826,7 @@ def _from_text(text: str, num_frames: int | None, fps: int) -> Timeline:
                 return _from_mapping(data, num_frames, fps)
             if isinstance(data, list):
                 return _from_list(data, num_frames, fps)
-    if stripped.startswith("[") or _BARE_SPAN_RE.match(stripped):
+    if (stripped.startswith("[") and _BRACKET_SPAN_RE.search(stripped)) or _BARE_SPAN_RE.match(stripped):
         return _from_seconds(stripped, num_frames, fps)
     if _KEY_START_RE.match(stripped):
         return _from_keyframes(_scan_keyframes(text), num_frames, fps)

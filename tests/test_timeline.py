@@ -213,6 +213,7 @@ def test_to_json_round_trip_and_negative_prompt():
     again = parse_timeline(text)
     assert again == tl and again.negative == "blurry"
     assert Timeline.from_dict(tl.to_dict()) == tl
+    assert Timeline.from_json(text) == tl
     assert parse_timeline(tl) is tl
 
 
@@ -381,6 +382,11 @@ def test_paths_are_not_guessed_from_sentences():
     # A sentence is never read as a file, even one that mentions a file name in the middle.
     tl = parse_timeline("a fox reads notes.json on a laptop", num_frames=17)
     assert tl.scenes[0].caption == "a fox reads notes.json on a laptop"
+
+
+def test_bracketed_tag_without_a_time_is_a_plain_caption():
+    tl = parse_timeline("[cinematic] a fox runs: fast", num_frames=17)
+    assert tl.scenes == [Scene(0, 17, "[cinematic] a fox runs: fast")]
 
 
 def test_path_object_is_required_for_unusual_suffixes(tmp_path):
