@@ -866,8 +866,12 @@ def parse_timeline(spec: Any, *, num_frames: int | None = None, fps: int = DEFAU
         return _from_text(_read_file(Path(spec)), num_frames, fps)
     if isinstance(spec, str):
         one_line = spec.strip()
+        # A path: one line ending in .json/.txt that exists, or has no spaces (then a missing file is reported);
+        # "a man opens config.json" stays a caption.
         if "\n" not in one_line and one_line.lower().endswith(_FILE_SUFFIXES):
-            return _from_text(_read_file(Path(one_line).expanduser()), num_frames, fps)
+            path = Path(one_line).expanduser()
+            if path.is_file() or " " not in one_line:
+                return _from_text(_read_file(path), num_frames, fps)
         return _from_text(spec, num_frames, fps)
     if isinstance(spec, dict):
         return _from_mapping(spec, num_frames, fps)

@@ -228,6 +228,9 @@ def test_files_by_path_and_pathlike(tmp_path):
     assert parse_timeline(txt_file, num_frames=81) == tl
     with pytest.raises(TimelineError, match="does not exist; check the path"):
         parse_timeline(str(tmp_path / "missing.json"))
+    spaced = tmp_path / "my story.txt"
+    spaced.write_text("[0s-5s: a]", encoding="utf-8")
+    assert parse_timeline(str(spaced)).num_frames == 81
 
 
 def test_summary_lists_every_scene():
@@ -382,6 +385,7 @@ def test_paths_are_not_guessed_from_sentences():
     # A sentence is never read as a file, even one that mentions a file name in the middle.
     tl = parse_timeline("a fox reads notes.json on a laptop", num_frames=17)
     assert tl.scenes[0].caption == "a fox reads notes.json on a laptop"
+    assert parse_timeline("a man opens config.json", num_frames=17).scenes[0].caption == "a man opens config.json"
 
 
 def test_bracketed_tag_without_a_time_is_a_plain_caption():
