@@ -397,3 +397,41 @@ def test_path_object_is_required_for_unusual_suffixes(tmp_path):
     spec = tmp_path / "story.timeline"
     spec.write_text("[0s-5s: a]", encoding="utf-8")
     assert parse_timeline(Path(spec)).num_frames == 81
+
+
+def _random_timeline(rng):
+    num_frames = 4 * rng.randint(2, 40) + 1
+    cuts = sorted(rng.sample(range(4, num_frames - 4), rng.randint(0, min(5, (num_frames - 9) // 8))))
+    bounds = [0]
+    for cut in cuts:
+        if cut - bounds[-1] >= 4:  # 4-frame scenes always own a latent
+            bounds.append(cut)
+    if num_frames - bounds[-1] < 4:
+        bounds.pop()
+    bounds.append(num_frames)
+    captions = [rng.choice(["a fox", "snow", "a river", "night"]) for _ in bounds[:-1]]
+    return _tl(bounds, captions)
+
+
+def test_random_timelines_match_a_per_frame_majority_and_round_trip():
+    import random
+    from collections import Counter
+
+    rng = random.Random(0)
+    for _ in range(200):
+        tl = _random_timeline(rng)
+        frame_scene = [i for i, s in enumerate(tl.scenes) for _ in range(s.start, s.end)]
+        expected = [frame_scene[0]]
+        for i in range(1, tl.num_latents):
+            votes = Counter(frame_scene[4 * i - 3 : 4 * i + 1]).most_common()
+            best = max(n for _, n in votes)
+            expected.append(min(s for s, n in votes if n == best))  # ties: the earlier scene
+        assert tl.latent_caption_indices() == expected
+        assert [tl.unique_captions()[u] for u in tl.latent_unique_indices()] == tl.latent_captions()
+        keyframes = ", ".join(f'"{s.start}": "{s.caption}"' for s in tl.scenes)
+        spans = " ".join(f"[{s.start / 16}s-{s.end / 16}s: {s.caption}]" for s in tl.scenes)
+        durations = [[s.caption, (s.end - s.start) / 16] for s in tl.scenes]
+        assert parse_timeline(tl.to_json()) == tl
+        assert parse_timeline(keyframes, num_frames=tl.num_frames) == tl
+        assert parse_timeline(spans) == tl
+        assert parse_timeline(durations) == tl
