@@ -23,43 +23,22 @@ from framecap_core.attention import (
     stack_frame_captions,
 )
 from framecap_core.errors import ConfigError, FrameCapError
+from framecap_core.tiny import TINY_TEXT_DIM, make_tiny_transformer
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import WanTransformer3DModel  # noqa: E402
 from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry  # noqa: E402
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor  # noqa: E402
 
-TEXT_DIM = 16
+TEXT_DIM = TINY_TEXT_DIM
 # Latent video of the tests: F latent frames of 4x6 latents -> hw = 2*3 = 6 tokens per frame after (1, 2, 2) patches.
 BATCH, CHANNELS, FRAMES, HEIGHT, WIDTH = 2, 4, 3, 4, 6
 TOKENS_PER_FRAME = (HEIGHT // 2) * (WIDTH // 2)
 
 
 def tiny_wan(seed: int = 0, in_channels: int = CHANNELS, **overrides) -> WanTransformer3DModel:
-    """diffusers' own Wan test config (2 layers, 2 heads x 12), random weights from `seed`."""
-    torch.manual_seed(seed)
-    config = dict(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=in_channels,
-        out_channels=in_channels,
-        text_dim=TEXT_DIM,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-    )
-    config.update(overrides)
-    model = WanTransformer3DModel(**config).eval()
-    # Stock init leaves some output layers at zero; random weights everywhere make every path visible in outputs.
-    with torch.no_grad():
-        for param in model.parameters():
-            if torch.count_nonzero(param) == 0:
-                param.normal_(0.0, 0.2)
-    return model
+    """diffusers' own Wan test config (2 layers, 2 heads x 12, text_dim 16), random weights from `seed`."""
+    return make_tiny_transformer(seed, in_channels=in_channels, out_channels=in_channels, **overrides)
 
 
 def inputs(text_len: int, seed: int = 1, frames: int = FRAMES, channels: int = CHANNELS):
@@ -322,6 +301,7 @@ def _cpu_backends(model, x, t, context) -> list[str]:
     return usable
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_attention_backends_honoured_and_unchanged(restore_active_backend):
     text_len = 6
     x, t, captions = inputs(text_len)
