@@ -255,6 +255,13 @@ def test_fifo_queue_is_diagonal_and_frames_are_clamped():
     assert frames.tolist() == [[0, 1, 2, 3]]
     assert rec.calls[-1][2].tolist() == [[7, 7, 7, 7]]  # past the end: last caption index
     assert rec.calls[window + 2][2].tolist() == [[2, 3, 4, 5]]
+    for k in range(L - window + 1):  # each iteration pushes the next latent's own noise at the back
+        assert torch.equal(rec.calls[window + k][0][0, :, -1], noise[:, window - 1 + k])
+    # latents past the end get their noise from the generator
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    assert torch.equal(fifo(Mixing(), noise, grid, window=window, generator=g()),
+                       fifo(Mixing(), noise, grid, window=window, generator=g()))
+    assert not torch.equal(fifo(Mixing(), noise, grid, window=window, generator=g()), out)
 
 
 def test_fifo_lookahead_windows():
