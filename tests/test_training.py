@@ -1,0 +1,273 @@
+"""Diffusion Forcing fine-tuning on tiny Wan models: loss, resume, checkpoints, export, DF noise logging."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from framecap_core.data import CacheWriter, LatentCache
+from framecap_core.errors import ConfigError, NumericalError
+from framecap_core.schedule import shift_sigmas
+from framecap_core.tiny import TINY_TEXT_DIM, make_tiny_transformer
+from framecap_core.training import (
+    TrainConfig,
+    df_flow_matching_loss,
+    draw_batch,
+    export_transformer,
+    frame_timesteps,
+    latest_checkpoint,
+    lr_at_step,
+    train,
+)
+
+TEXT_LEN = 4
+CLIP_LATENTS = 6
+
+
+def _make_cache(path, clips: int = 4, seed: int = 0):
+    """Structured synthetic latents (a blob moving across frames, per-clip colour), 2-3 captions per clip."""
+    g = torch.Generator().manual_seed(seed)
+    captions = torch.randn(5, TEXT_LEN, TINY_TEXT_DIM, generator=g)
+    yy, xx = torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij")
+    with CacheWriter(path, settings={"height": 32, "width": 32}, shard_size=3) as writer:
+        for c in range(clips):
+            colour = torch.randn(16, 1, 1, 1, generator=g)
+            frames = []
+            for f in range(CLIP_LATENTS):
+                cx = (f + c) % 4
+                frames.append(torch.exp(-((xx - cx) ** 2 + (yy - 1.5) ** 2) / 2.0))
+            latents = colour * torch.stack(frames)[None] + 0.05 * torch.randn(16, CLIP_LATENTS, 4, 4, generator=g)
+            ids = [c % 5, (c + 1) % 5, (c + 2) % 5]
+            index = [0, 0, 1, 1, 2, 2] if c % 2 == 0 else [0, 0, 0, 1, 1, 1]
+            writer.add(f"clip{c}", latents, captions[ids], index, [f"caption {i}" for i in ids])
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return _make_cache(tmp_path_factory.mktemp("cache"))
+
+
+def _config(tmp_path, cache_dir, **overrides):
+    settings = dict(
+        cache_dir=str(cache_dir), output_dir=str(tmp_path / "run"), text_len=TEXT_LEN, window_latents=4,
+        max_steps=6, learning_rate=2e-3, checkpoint_every=3, report_to="none", export_format="none", seed=3,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_cache_writer_and_window_crop(cache_dir):
+    cache = LatentCache(cache_dir)
+    assert len(cache) == 4 and cache.min_latents == CLIP_LATENTS
+    assert len({m["shard"] for m in cache.meta.values()}) == 2  # shard_size=3 -> two shards
+    item = cache[1]
+    seen = set()
+    for seed in range(20):
+        w = cache.window(1, 4, torch.Generator().manual_seed(seed))
+        o = w["offset"]
+        seen.add(o)
+        assert torch.equal(w["latents"], item["latents"][:, o : o + 4])
+        for f in range(4):  # frame-major stacked captions: frame f's rows are its caption's embedding
+            expect = item["text"][item["caption_index"][o + f]]
+            assert torch.equal(w["context"][f * TEXT_LEN : (f + 1) * TEXT_LEN], expect)
+    assert seen == {0, 1, 2}  # every start, including mid-clip windows
+
+
+def test_frame_timesteps_scalar_and_per_token():
+    same = torch.tensor([[0.5, 0.5, 0.5], [0.2, 0.2, 0.2]])
+    assert torch.equal(frame_timesteps(same, 4), torch.tensor([500.0, 200.0]))
+    mixed = torch.tensor([[0.1, 0.5, 0.9]])
+    t = frame_timesteps(mixed, 2)
+    assert t.shape == (1, 6)
+    assert torch.allclose(t, torch.tensor([[100.0, 100.0, 500.0, 500.0, 900.0, 900.0]]))
+
+
+def test_loss_per_token_path_matches_scalar_path_and_manual_formula():
+    model = make_tiny_transformer(0)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(1, 16, 3, 4, 4, generator=g)
+    noise = torch.randn(1, 16, 3, 4, 4, generator=g)
+    context = torch.randn(1, 8, TINY_TEXT_DIM, generator=g)
+    sig = torch.full((1, 3), 0.3)
+    loss = df_flow_matching_loss(model, x0, context, sig, noise)
+    x_t = 0.7 * x0 + 0.3 * noise
+    with torch.no_grad():
+        pred = model(hidden_states=x_t, timestep=torch.tensor([300.0]), encoder_hidden_states=context,
+                     return_dict=False)[0]
+        per_token = model(hidden_states=x_t, timestep=torch.full((1, 3 * 4), 300.0), encoder_hidden_states=context,
+                          return_dict=False)[0]
+    assert torch.allclose(loss, ((pred - (noise - x0)) ** 2).mean(), atol=1e-6)
+    assert torch.allclose(per_token, pred, atol=1e-5)  # per-token timesteps with equal values = scalar path
+    # different per-frame sigmas change the prediction only through the noise mixture and the timesteps
+    sig2 = torch.tensor([[0.0, 0.3, 1.0]])
+    loss2 = df_flow_matching_loss(model, x0, context, sig2, noise)
+    assert torch.isfinite(loss2) and not torch.allclose(loss2, loss)
+
+
+def _held_out_loss(model, config, cache) -> float:
+    """Mean loss over fixed draws (the first 8 micro-batches of a run with seed 99)."""
+    held = dataclasses.replace(config, seed=99)
+    total = 0.0
+    with torch.no_grad():
+        for step in range(8):
+            b = draw_batch(cache, held, step, 0)
+            total += df_flow_matching_loss(model, b["latents"], b["context"], b["sigmas"], b["noise"]).item()
+    return total / 8
+
+
+def test_loss_falls(tmp_path, cache_dir):
+    config = _config(tmp_path, cache_dir, max_steps=40, checkpoint_every=0, learning_rate=3e-3)
+    cache = LatentCache(cache_dir)
+    model = make_tiny_transformer(0)
+    from framecap_core.attention import install_frame_level_attention
+
+    before = _held_out_loss(install_frame_level_attention(make_tiny_transformer(0), TEXT_LEN), config, cache)
+    result = train(config, transformer=model, progress=False, log=lambda s: None)
+    assert len(result.losses) == 40 and all(math.isfinite(x) for x in result.losses)
+    model.eval()
+    after = _held_out_loss(model, config, cache)
+    assert after < 0.8 * before, (before, after)
+    assert sum(result.losses[-8:]) < sum(result.losses[:8])
+
+
+def test_resume_is_exact(tmp_path, cache_dir):
+    kw = dict(batch_size=2, gradient_accumulation_steps=2, lr_warmup_steps=2, lr_schedule="cosine")
+    full = train(_config(tmp_path / "a", cache_dir, **kw), transformer=make_tiny_transformer(0), progress=False,
+                 log=lambda s: None)
+    first = train(_config(tmp_path / "b", cache_dir, **kw), transformer=make_tiny_transformer(0), progress=False,
+                  stop_at_step=3, log=lambda s: None)
+    assert first.step == 3 and latest_checkpoint(tmp_path / "b" / "run").name == "step-00000003"
+    resumed = train(_config(tmp_path / "b", cache_dir, resume="latest", **kw), transformer=make_tiny_transformer(0),
+                    progress=False, log=lambda s: None)
+    assert first.losses + resumed.losses == full.losses
+    # the same final weights and optimizer state
+    with safe_open(str(full.checkpoint / "model.safetensors"), "pt") as a, safe_open(
+        str(resumed.checkpoint / "model.safetensors"), "pt"
+    ) as b:
+        assert set(a.keys()) == set(b.keys())
+        for key in a.keys():
+            assert torch.equal(a.get_tensor(key), b.get_tensor(key)), key
+    # the log of the resumed run holds each step once, with the uninterrupted losses
+    records = [json.loads(line) for line in (tmp_path / "b" / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert [r["loss"] for r in records] == full.losses
+    # never pickle: only safetensors and JSON in checkpoints
+    files = {p.suffix for p in (tmp_path / "b" / "run").rglob("*") if p.is_file()}
+    assert files <= {".safetensors", ".json", ".jsonl"}, files
+
+
+def test_df_noise_is_logged_with_the_configured_distribution(tmp_path, cache_dir):
+    config = _config(tmp_path, cache_dir, max_steps=30, batch_size=3, checkpoint_every=0, learning_rate=1e-4,
+                     df_step_size_range=[0.05, 0.2], df_zero_step_prob=0.5, df_shift=3.0)
+    train(config, transformer=make_tiny_transformer(0), progress=False, log=lambda s: None)
+    records = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    draws = [d for r in records for d in r["df"]]
+    assert len(draws) == 90
+    assert {d["reference"] for d in draws} <= set(range(4)) and len({d["reference"] for d in draws}) == 4
+    zero = [d for d in draws if d["step_size"] == 0.0]
+    assert 0.25 < len(zero) / len(draws) < 0.75  # p = 0.5; outside this band has probability < 1e-5
+    assert all(0.05 <= d["step_size"] <= 0.2 for d in draws if d["step_size"] != 0.0)
+    # levels are shift(U[0,1]) with shift 3: un-shifting gives uniform samples
+    uniform = torch.tensor([d["level"] / (3.0 - 2.0 * d["level"]) for d in draws])
+    assert torch.allclose(torch.tensor([shift_sigmas(u.item(), 3.0) for u in uniform]),
+                          torch.tensor([d["level"] for d in draws]), atol=1e-5)
+    assert 0.35 < uniform.mean().item() < 0.65 and uniform.min() >= 0 and uniform.max() <= 1
+    offsets = {d["offset"] for d in draws}
+    assert offsets == {0, 1, 2}
+
+
+def test_non_finite_loss_raises_numerical_error(tmp_path, cache_dir):
+    model = make_tiny_transformer(0)
+    with torch.no_grad():
+        model.proj_out.weight.fill_(float("nan"))
+    with pytest.raises(NumericalError, match="learning_rate"):
+        train(_config(tmp_path, cache_dir, max_steps=2), transformer=model, progress=False, log=lambda s: None)
+
+
+def test_export_formats_load_and_change_output(tmp_path, cache_dir):
+    from diffusers import WanTransformer3DModel
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+    from safetensors.torch import load_file
+
+    config = _config(tmp_path, cache_dir, max_steps=3, checkpoint_every=0, export_format="original")
+    result = train(config, transformer=make_tiny_transformer(0), progress=False, log=lambda s: None)
+    assert result.export_path.name == "framecap_transformer_comfyui.safetensors"
+    with safe_open(str(result.export_path), "pt") as f:
+        meta = f.metadata()
+    assert meta["framecap_format"] == "original" and json.loads(meta["training_config"])["max_steps"] == 3
+    original = load_file(str(result.export_path))
+    assert all(k.startswith("model.diffusion_model.") for k in original)
+    converted = convert_wan_transformer_to_diffusers(dict(original))
+    base = make_tiny_transformer(0)
+    loaded = WanTransformer3DModel.from_config(base.config)
+    missing, unexpected = loaded.load_state_dict(converted, strict=True), None
+    del missing, unexpected
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 16, 2, 4, 4, generator=g)
+    ctx = torch.randn(1, TEXT_LEN, TINY_TEXT_DIM, generator=g)
+    with torch.no_grad():
+        out_base = base(hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=ctx)[0]
+        out_tuned = loaded(hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=ctx)[0]
+    assert not torch.allclose(out_base, out_tuned, atol=1e-4)
+
+    # the diffusers-format export of the same model holds the same tensors under diffusers names
+    path = export_transformer(loaded, tmp_path / "tuned.safetensors", format="diffusers", config=config)
+    diffusers_state = load_file(str(path))
+    assert set(diffusers_state) == set(loaded.state_dict())
+    assert all(torch.equal(diffusers_state[k], converted[k]) for k in converted)
+
+
+def test_lora_training_and_export(tmp_path, cache_dir):
+    from safetensors.torch import load_file
+
+    config = _config(tmp_path, cache_dir, max_steps=4, checkpoint_every=2, lora_rank=4, learning_rate=1e-2,
+                     export_format="lora")
+    model = make_tiny_transformer(0)
+    result = train(config, transformer=model, progress=False, log=lambda s: None)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    state = load_file(str(result.export_path))
+    assert state and all(k.startswith("transformer.") and "lora_" in k for k in state)
+    # a fresh base model with the adapter loaded reproduces the trained model
+    fresh = make_tiny_transformer(0)
+    fresh.load_lora_adapter(str(result.export_path), prefix="transformer", adapter_name="framecap")
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 16, 2, 4, 4, generator=g)
+    ctx = torch.randn(1, TEXT_LEN, TINY_TEXT_DIM, generator=g)
+    model.eval()
+    with torch.no_grad():
+        a = model(hidden_states=x, timestep=torch.tensor([300.0]), encoder_hidden_states=ctx)[0]
+        b = fresh(hidden_states=x, timestep=torch.tensor([300.0]), encoder_hidden_states=ctx)[0]
+        base = make_tiny_transformer(0)(hidden_states=x, timestep=torch.tensor([300.0]), encoder_hidden_states=ctx)[0]
+    assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(a, base, atol=1e-4)
+    # merged full export of a LoRA run equals the adapted model
+    merged = export_transformer(model, tmp_path / "merged.safetensors", format="diffusers", config=config)
+    plain = make_tiny_transformer(0)
+    plain.load_state_dict(load_file(str(merged)), strict=True)
+    with torch.no_grad():
+        c = plain(hidden_states=x, timestep=torch.tensor([300.0]), encoder_hidden_states=ctx)[0]
+    assert torch.allclose(a, c, atol=1e-5)
+
+
+def test_config_file_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("max_steps: 7\nlora_rank: 2\ndf_step_size_range: [0.0, 0.3]\n")
+    cfg = TrainConfig.from_file(path, ["learning_rate=3e-4", "resume=latest", "lora_targets=[\"to_q\"]"])
+    assert (cfg.max_steps, cfg.lora_rank, cfg.learning_rate, cfg.resume, cfg.lora_targets) == (
+        7, 2, 3e-4, "latest", ["to_q"])
+    assert cfg.df_noise().step_size_range == (0.0, 0.3)
+    with pytest.raises(ConfigError, match="Unknown setting"):
+        TrainConfig.from_file(path, ["learnign_rate=1"])
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        TrainConfig(mixed_precision="fp8")
+    json_path = tmp_path / "c.json"
+    json_path.write_text(json.dumps({"max_steps": 3, "lr_warmup_steps": 2, "learning_rate": 1.0}))
+    cfg = TrainConfig.from_file(json_path)
+    assert [lr_at_step(cfg, s) for s in range(3)] == [0.5, 1.0, 1.0]

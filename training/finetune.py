@@ -1,0 +1,110 @@
+"""Fine-tune Wan2.1 with frame-level captions and Diffusion Forcing (paper sections 4.2, 4.3, 5.1).
+
+Reads top to bottom: settings, the latent cache (built from the dataset manifest when missing), the base model,
+the training loop, the export. All logic lives in ``framecap_core.training`` and ``framecap_core.data``.
+
+One GPU::
+
+    python training/finetune.py --config training/configs/wan_1.3b_df.json
+
+Several GPUs (one process each, data parallel)::
+
+    accelerate launch --config_file training/configs/accelerate_multi_gpu.yaml \\
+        training/finetune.py --config training/configs/wan_1.3b_df.json
+
+Override any setting: ``--set learning_rate=2e-5 --set lora_rank=32``, ``--resume latest``, ``--max-steps 10``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+from framecap_core.errors import FrameCapError  # noqa: E402
+from framecap_core.training import TrainConfig, train  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="training config (.json or .yaml); see training/configs/")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting (repeatable), value parsed as JSON: --set lora_rank=32")
+    parser.add_argument("--resume", help='"latest" or a checkpoint folder (same as --set resume=...)')
+    parser.add_argument("--max-steps", type=int, help="same as --set max_steps=N")
+    parser.add_argument("--output-dir", help="same as --set output_dir=DIR")
+    parser.add_argument("--stop-at-step", type=int, help="stop after this many steps in total (with a checkpoint)")
+    parser.add_argument("--cache-only", action="store_true", help="build the latent cache and exit")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def cache_exists(cache_dir: str) -> bool:
+    return bool(cache_dir) and any(Path(cache_dir).glob("index*.json"))
+
+
+def build_cache(config: TrainConfig, progress: bool) -> None:
+    """Encode the manifest's clips with the base model's VAE and text encoder into ``config.cache_dir``."""
+    import torch
+
+    from framecap_core import models, text
+    from framecap_core.data import build_latent_cache
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    vae = models.load_vae(config.vae or config.base_model).to(device)
+    encoder = text.load_caption_encoder(config.text_encoder or config.base_model, device=device)
+    summary = build_latent_cache(
+        config.manifest, config.cache_dir, vae=vae, encode_text=encoder, height=config.height, width=config.width,
+        device=device, dtype=dtype, progress=progress,
+    )
+    print(f"latent cache: {summary.cached} clips encoded, {summary.skipped} already cached, {summary.failed} failed")
+    for failure in summary.failures:
+        print(f"  failed: {failure}")
+    del vae, encoder
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    overrides = list(args.overrides)
+    for key, value in (("resume", args.resume), ("max_steps", args.max_steps), ("output_dir", args.output_dir)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    try:
+        # 1. settings: the config file, then the command-line overrides
+        config = TrainConfig.from_file(args.config, overrides)
+
+        # 2. the latent cache: built once from the manifest (VAE + text encoder), then training never runs them
+        if not cache_exists(config.cache_dir):
+            if not config.manifest:
+                raise FrameCapError(
+                    f"No latent cache in {config.cache_dir!r} and no manifest to build one from; set manifest (made by "
+                    f"training/build_dataset.py) or point cache_dir at an existing cache."
+                )
+            build_cache(config, progress=not args.no_progress)
+        if args.cache_only:
+            return 0
+
+        # 3. train: loads the base model, installs frame-level attention, runs DF flow matching, checkpoints, exports
+        result = train(config, stop_at_step=args.stop_at_step, progress=not args.no_progress)
+    except FrameCapError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    # 4. report
+    if result.losses:
+        print(f"steps {result.step - len(result.losses) + 1}-{result.step}: first loss {result.losses[0]:.4f}, "
+              f"last loss {result.losses[-1]:.4f}")
+    if result.checkpoint:
+        print(f"checkpoint: {result.checkpoint}")
+    if result.export_path:
+        print(f"exported: {result.export_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
