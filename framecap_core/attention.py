@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # diffusers is imported lazily: importing this module must st
 __all__ = [
     "DEFAULT_TEXT_LEN",
     "FrameLevelWanAttnProcessor",
+    "frame_layout",
     "frame_level_text_len",
     "install_frame_level_attention",
     "is_frame_level",
