@@ -27,7 +27,6 @@ import io
 import json
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,18 +174,10 @@ def tiny_spiece_model() -> bytes:
     return out.getvalue()
 
 
-def tokenizer_from_spiece(spiece: bytes):
-    """A transformers ``T5Tokenizer`` built offline from sentencepiece model bytes (as UMT5 / Wan use)."""
-    from transformers import T5Tokenizer
-
-    with tempfile.TemporaryDirectory(prefix="framecap_spiece_") as tmp:
-        (Path(tmp) / "spiece.model").write_bytes(spiece)
-        tokenizer = T5Tokenizer.from_pretrained(tmp, extra_ids=0)
-    return tokenizer
-
-
 def make_tiny_tokenizer():
     """The tiny T5 tokenizer (see :func:`tiny_spiece_model`)."""
+    from .models import tokenizer_from_spiece
+
     return tokenizer_from_spiece(tiny_spiece_model())
 
 
