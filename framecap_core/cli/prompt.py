@@ -1,0 +1,166 @@
+"""``framecap prompt``: turn a story into a timeline of frame-level captions (Gemini or the offline splitter)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+
+from framecap_core.errors import PromptBuildError
+
+DESCRIPTION = """\
+Turn a short or detailed story into frame-level captions: a timeline of scenes, each a span of frames with one
+self-contained caption (main subjects, actions, environment, shot size, camera angle). Prints the timeline as a
+table and, with -o, writes the canonical timeline JSON that `framecap generate --timeline` reads.
+
+Backends:
+  gemini   Gemini (default model gemini-2.5-pro) with a JSON schema; the API key is read from the environment
+           variable GEMINI_API_KEY or GOOGLE_API_KEY (never from the command line).
+  offline  a deterministic splitter: sentences and event boundaries (then, finally, the camera pans, ...),
+           durations in proportion to the text, no key and no network.
+  auto     gemini when a key is set, otherwise offline (the default).
+"""
+
+EPILOG = """\
+examples:
+  framecap prompt "A red fox trots through snow. Then it leaps onto a frozen pond." --seconds 10 --backend offline
+  framecap prompt story.txt --seconds 30 -o timeline.json
+  cat story.txt | framecap prompt - --seconds 30 --json > timeline.json
+  framecap generate --timeline timeline.json ...
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "prompt",
+        help="story -> frame-level caption timeline (Gemini or offline)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "story",
+        metavar="STORY",
+        help="the story text, a path to a UTF-8 text file holding it, or - to read it from standard input",
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="video length in seconds (default: 5)")
+    parser.add_argument("--fps", type=int, default=16, help="frames per second (default: 16, Wan's rate)")
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "gemini", "offline"),
+        default="auto",
+        help="auto (default): gemini if GEMINI_API_KEY / GOOGLE_API_KEY is set, else offline",
+    )
+    parser.add_argument("--model", default="gemini-2.5-pro", help="Gemini model (default: gemini-2.5-pro)")
+    parser.add_argument("--negative", default="", help="negative prompt stored in the timeline")
+    parser.add_argument(
+        "--max-caption-tokens",
+        type=int,
+        default=120,
+        metavar="N",
+        help="longest caption in words; longer captions are cut at a clause end (default: 120)",
+    )
+    parser.add_argument(
+        "--min-scene-seconds", type=float, default=1.0, metavar="S", help="shortest scene (default: 1.0)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, metavar="S", help="Gemini request timeout (default: 120)"
+    )
+    parser.add_argument(
+        "--retries", type=int, default=3, metavar="N", help="Gemini retries on rate limits / server errors (default: 3)"
+    )
+    parser.add_argument("--base-url", default=None, metavar="URL", help="another Gemini endpoint (a proxy)")
+    parser.add_argument("-o", "--output", default=None, metavar="PATH", help="write the timeline JSON here")
+    parser.add_argument("--json", action="store_true", help="print the timeline JSON on stdout instead of the table")
+    parser.set_defaults(func=run)
+
+
+def _read_story(value: str) -> str:
+    if value == "-":
+        text = sys.stdin.read()
+    else:
+        path = Path(value).expanduser()
+        text = value
+        if "\n" not in value and len(value) < 4096:
+            try:
+                is_file = path.is_file()
+            except OSError:
+                is_file = False
+            if is_file:
+                try:
+                    text = path.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise PromptBuildError(
+                        f"Cannot read the story file {value!r} ({exc}); save it as UTF-8 text."
+                    ) from None
+    if not text.strip():
+        raise PromptBuildError("The story is empty; pass the text, a file, or - with the story on standard input.")
+    return text
+
+
+def _resolve_backend(backend: str) -> str:
+    if backend != "auto":
+        return backend
+    from framecap_core.prompting import API_KEY_ENV_VARS
+
+    if any(os.environ.get(name, "").strip() for name in API_KEY_ENV_VARS):
+        return "gemini"
+    print("framecap: no GEMINI_API_KEY / GOOGLE_API_KEY set; using the offline splitter.", file=sys.stderr)
+    return "offline"
+
+
+def format_table(timeline, width: int | None = None) -> str:
+    """The timeline as a readable table: scene, time span, frames, latents, wrapped caption."""
+    width = width or shutil.get_terminal_size((110, 24)).columns
+    width = max(60, width)
+    header = f"{'#':>3}  {'time (s)':<13}  {'frames':<11}  {'latents':<9}  caption"
+    indent = len(header) - len("caption")
+    lines = [
+        f"{timeline.num_frames} frames = {timeline.duration_seconds:.2f} s at {timeline.fps} fps, "
+        f"{timeline.num_latents} latents, {len(timeline.scenes)} scenes",
+        header,
+        "-" * min(width, 120),
+    ]
+    wrap = max(30, width - indent)
+    for number, (scene, (first, last)) in enumerate(zip(timeline.scenes, timeline.scene_latent_spans()), 1):
+        span = f"{scene.start / timeline.fps:.2f}-{scene.end / timeline.fps:.2f}"
+        frames = f"{scene.start}-{scene.end - 1}"
+        latents = f"{first}-{last}"
+        wrapped = textwrap.wrap(scene.caption, wrap) or [""]
+        lines.append(f"{number:>3}  {span:<13}  {frames:<11}  {latents:<9}  {wrapped[0]}")
+        lines.extend(" " * indent + more for more in wrapped[1:])
+    if timeline.negative:
+        lines.append(f"negative: {timeline.negative}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from framecap_core.fileio import atomic_write_text
+    from framecap_core.prompting import build_timeline
+
+    story = _read_story(args.story)
+    backend = _resolve_backend(args.backend)
+    timeline = build_timeline(
+        story,
+        seconds=args.seconds,
+        fps=args.fps,
+        backend=backend,
+        model=args.model,
+        negative=args.negative,
+        max_caption_tokens=args.max_caption_tokens,
+        min_scene_seconds=args.min_scene_seconds,
+        timeout=args.timeout,
+        retries=args.retries,
+        base_url=args.base_url,
+    )
+    if args.json:
+        print(timeline.to_json())
+    else:
+        print(format_table(timeline))
+    if args.output:
+        path = atomic_write_text(args.output, timeline.to_json() + "\n")
+        print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
+    return 0

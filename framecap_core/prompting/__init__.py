@@ -1,0 +1,157 @@
+"""Prompt building: a short story to a :class:`~framecap_core.timeline.Timeline` of frame-level captions.
+
+Two backends behind :func:`build_timeline`:
+
+- ``"gemini"`` (paper section 3: Gemini 2.5 Pro turns the user's prompt into frame-level captions) — structured
+  JSON output, validated into a timeline, retried on rate limits and server errors; the key comes from
+  ``GEMINI_API_KEY`` / ``GOOGLE_API_KEY``. See :mod:`.gemini`.
+- ``"offline"`` — a deterministic splitter with no model, key or network. See :mod:`.offline`.
+
+The dataset annotation prompt (:mod:`.templates`, :func:`annotate_frames`) shares the caption vocabulary.
+Importing this package does not import ``google.genai``; the Gemini path loads it on first use.
+"""
+
+from __future__ import annotations
+
+from ..errors import PromptBuildError
+from ..timeline import Timeline, frames_for_seconds
+from .gemini import (
+    API_KEY_ENV_VARS,
+    DEFAULT_MODEL,
+    FrameAnnotation,
+    GeminiOptions,
+    annotate_frames,
+    api_key_from_env,
+    gemini_timeline,
+    parse_story_answer,
+)
+from .offline import (
+    DEFAULT_MAX_CAPTION_TOKENS,
+    DEFAULT_MIN_SCENE_SECONDS,
+    offline_timeline,
+    plan_scenes,
+    split_story,
+    standalone_caption,
+    truncate_words,
+)
+from .score import SplitScore, score_split
+from .templates import (
+    ANNOTATION_SYSTEM_INSTRUCTION,
+    CAMERA_ANGLES,
+    CAPTION_ASPECTS,
+    SHOT_SIZES,
+    STORY_SYSTEM_INSTRUCTION,
+    AnnotationError,
+    annotation_schema,
+    parse_annotation,
+    parse_annotation_answer,
+    story_schema,
+    story_system_instruction,
+)
+
+__all__ = [
+    "ANNOTATION_SYSTEM_INSTRUCTION",
+    "API_KEY_ENV_VARS",
+    "BACKENDS",
+    "CAMERA_ANGLES",
+    "CAPTION_ASPECTS",
+    "DEFAULT_MAX_CAPTION_TOKENS",
+    "DEFAULT_MIN_SCENE_SECONDS",
+    "DEFAULT_MODEL",
+    "SHOT_SIZES",
+    "STORY_SYSTEM_INSTRUCTION",
+    "AnnotationError",
+    "FrameAnnotation",
+    "GeminiOptions",
+    "SplitScore",
+    "annotate_frames",
+    "api_key_from_env",
+    "annotation_schema",
+    "build_timeline",
+    "gemini_timeline",
+    "offline_timeline",
+    "parse_annotation",
+    "parse_annotation_answer",
+    "parse_story_answer",
+    "plan_scenes",
+    "score_split",
+    "split_story",
+    "standalone_caption",
+    "story_schema",
+    "story_system_instruction",
+    "truncate_words",
+]
+
+BACKENDS = ("gemini", "offline")
+
+
+def build_timeline(
+    story: str,
+    *,
+    seconds: float,
+    fps: int = 16,
+    backend: str = "gemini",
+    model: str = DEFAULT_MODEL,
+    negative: str = "",
+    max_caption_tokens: int = DEFAULT_MAX_CAPTION_TOKENS,
+    min_scene_seconds: float = DEFAULT_MIN_SCENE_SECONDS,
+    timeout: float = 120.0,
+    retries: int = 3,
+    base_url: str | None = None,
+    options: GeminiOptions | None = None,
+) -> Timeline:
+    """Turn ``story`` into a validated :class:`Timeline` of ``frames_for_seconds(seconds, fps)`` frames.
+
+    Args:
+        story: the user's short or detailed description of the video.
+        seconds: video length; the frame count is the nearest ``4k + 1`` to ``seconds * fps``.
+        backend: ``"gemini"`` (needs ``GEMINI_API_KEY`` or ``GOOGLE_API_KEY``) or ``"offline"``.
+        model, timeout (s per request), retries (extra attempts on 429 / 5xx / timeouts), base_url (another
+            endpoint, e.g. a proxy or a test server): Gemini settings; ``options`` gives them all at once
+            (then these four are ignored).
+        negative: negative prompt stored in the timeline.
+        max_caption_tokens: longest caption in words (whitespace tokens); longer ones are cut at a clause end.
+        min_scene_seconds: shortest scene.
+
+    Raises:
+        PromptBuildError: no key, no network, refusal, exhausted retries, an answer invalid twice, bad settings.
+        TimelineError: an invalid length / fps.
+    """
+    if not isinstance(story, str) or not story.strip():
+        raise PromptBuildError("The story is empty; write what should happen in the video.")
+    if backend not in BACKENDS:
+        raise PromptBuildError(f"Unknown prompt backend {backend!r}; use one of {', '.join(BACKENDS)}.")
+    frames_for_seconds(seconds, fps)  # validates seconds / fps with a TimelineError
+    if seconds * fps < 1:
+        raise PromptBuildError(f"seconds={seconds!r} is too short for a video at {fps} fps; give at least 1 frame.")
+    if isinstance(max_caption_tokens, bool) or not isinstance(max_caption_tokens, int) or max_caption_tokens < 8:
+        raise PromptBuildError(f"max_caption_tokens must be an integer >= 8 (words), got {max_caption_tokens!r}.")
+    if (
+        isinstance(min_scene_seconds, bool)
+        or not isinstance(min_scene_seconds, (int, float))
+        or not 0 <= min_scene_seconds <= seconds
+    ):
+        raise PromptBuildError(
+            f"min_scene_seconds must be a number between 0 and the video length ({seconds:g} s), got "
+            f"{min_scene_seconds!r}."
+        )
+    if backend == "offline":
+        return offline_timeline(
+            story,
+            seconds=seconds,
+            fps=fps,
+            negative=negative,
+            max_caption_tokens=max_caption_tokens,
+            min_scene_seconds=min_scene_seconds,
+        )
+    if options is None:
+        options = GeminiOptions(model=model, timeout=timeout, retries=retries, base_url=base_url)
+    return gemini_timeline(
+        story,
+        seconds=seconds,
+        fps=fps,
+        negative=negative,
+        max_caption_tokens=max_caption_tokens,
+        min_scene_seconds=min_scene_seconds,
+        options=options,
+    )

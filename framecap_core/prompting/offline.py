@@ -1,0 +1,620 @@
+"""Offline prompt builder: a deterministic story splitter (no model, no network, no key).
+
+Steps, each a small function:
+
+1. :func:`split_story` cuts the story into *events*: sentences, and clauses joined by ``; then`` / ``, and then``;
+   a piece opens a new event when it starts with a sequence word (then, next, finally, meanwhile, ...), a camera
+   move (the camera pans / follows / pulls back ...), a scene change (the scene cuts to ..., cut to), or a new
+   subject (``A heron ...``); a piece that starts with a pronoun (``It``, ``Its``, ``She``) or ``The same ...``
+   continues the event before it. Style-only sentences (``Cinematic, 35mm film.``) are set aside as the style.
+2. :func:`allocate_latents` gives every event a share of the video's latent frames in proportion to its words, at
+   least ``min_scene_latents`` each (merging the shortest neighbours when the video is too short for all), so scene
+   boundaries fall on whole latents (pixel frame ``4j - 3`` for latent ``j``).
+3. :func:`standalone_caption` makes each caption stand alone: a leading pronoun becomes the main subject
+   (``She kneels`` -> ``The girl in a yellow raincoat kneels``), ``the girl`` gets its full description back, the
+   style is appended, and the caption is cut to ``max_caption_tokens`` words at a clause boundary.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import PromptBuildError
+from ..timeline import Timeline, frames_for_seconds, num_latents, parse_timeline
+
+__all__ = [
+    "DEFAULT_MAX_CAPTION_TOKENS",
+    "DEFAULT_MIN_SCENE_SECONDS",
+    "StoryEvent",
+    "StoryParts",
+    "allocate_latents",
+    "offline_timeline",
+    "event_opening",
+    "plan_scenes",
+    "split_story",
+    "standalone_caption",
+    "truncate_words",
+]
+
+# Wan's text encoder reads 512 tokens; ~120 words (~160 T5 tokens) keeps captions dense without padding noise.
+DEFAULT_MAX_CAPTION_TOKENS = 120
+DEFAULT_MIN_SCENE_SECONDS = 1.0
+# Sentences shorter than this that do not open with a sequence word or camera move join a neighbour.
+DEFAULT_MIN_EVENT_WORDS = 10
+
+# -- vocabulary ------------------------------------------------------------------------------------------------------
+
+_SEQUENCE_WORDS = (
+    "then",
+    "next",
+    "finally",
+    "eventually",
+    "meanwhile",
+    "afterwards",
+    "afterward",
+    "after that",
+    "after this",
+    "later",
+    "soon",
+    "suddenly",
+    "at last",
+    "in the end",
+    "moments later",
+    "a moment later",
+    "as",
+    "after",
+    "when",
+    "once",
+    "while",
+    "now",
+    "further in",
+    "further on",
+    "elsewhere",
+    "in the distance",
+    "back at",
+    "at night",
+    "by nightfall",
+    "by dawn",
+    "the next day",
+    "the next morning",
+    "from there",
+    "cut to",
+)
+_CAMERA_NOUNS = ("camera", "shot", "view", "lens", "frame", "scene", "perspective", "angle", "focus")
+_CAMERA_VERBS = (
+    "pan",
+    "move",
+    "follow",
+    "pull",
+    "push",
+    "zoom",
+    "tilt",
+    "track",
+    "shift",
+    "cut",
+    "switch",
+    "change",
+    "transition",
+    "dolly",
+    "rise",
+    "descend",
+    "orbit",
+    "circle",
+    "swing",
+    "turn",
+    "glide",
+    "sweep",
+    "reveal",
+    "continue",
+    "return",
+    "arrive",
+    "enter",
+    "focus",
+    "fade",
+    "open",
+    "begin",
+    "start",
+    "end",
+    "capture",
+    "hover",
+    "delve",
+    "draw",
+    "approach",
+    "close",
+    "show",
+    "linger",
+)
+_PRONOUNS = {
+    "he": "subject",
+    "she": "subject",
+    "they": "subject",
+    "it": "subject",
+    "his": "possessive",
+    "her": "possessive",
+    "their": "possessive",
+    "its": "possessive",
+}
+# Possessives and demonstratives describe what the previous sentence showed ("Its surface glistens"); a subject
+# pronoun usually starts a new action ("She turns around") and is left to the other rules.
+_CONTINUATION_RE = re.compile(r"^(?:its|their|this|these|those|the same|there)\b", re.I)
+_STYLE_WORDS = {
+    "cinematic",
+    "photorealistic",
+    "realistic",
+    "hyperrealistic",
+    "anime",
+    "cartoon",
+    "watercolor",
+    "watercolour",
+    "oil",
+    "painting",
+    "pixar",
+    "claymation",
+    "ghibli",
+    "noir",
+    "4k",
+    "8k",
+    "hdr",
+    "35mm",
+    "film",
+    "grain",
+    "lighting",
+    "style",
+    "shot",
+    "lens",
+    "bokeh",
+    "vintage",
+    "retro",
+    "black",
+    "white",
+    "monochrome",
+    "pastel",
+    "vibrant",
+    "colors",
+    "colours",
+    "high",
+    "detail",
+    "detailed",
+    "quality",
+    "resolution",
+    "render",
+    "3d",
+    "2d",
+    "illustration",
+    "sketch",
+    "pencil",
+    "aesthetic",
+    "look",
+    "mood",
+    "tone",
+    "and",
+    "with",
+    "in",
+    "the",
+    "of",
+    "a",
+    "on",
+    "shallow",
+    "depth",
+    "field",
+    "soft",
+    "warm",
+    "cold",
+    "golden",
+    "hour",
+    "dramatic",
+    "moody",
+    "studio",
+    "filmic",
+    "ultra",
+    "sharp",
+    "wide",
+    "angle",
+    "macro",
+    "handheld",
+}
+_STYLE_PHRASE_RE = re.compile(
+    r"\b(?:in (?:the|a|an) (?:style of [\w' -]+|[\w' -]{1,30}? style)|[\w-]+ style|style of [\w' -]+)", re.I
+)
+_ABBREVIATIONS = ("mr", "mrs", "ms", "dr", "st", "prof", "sr", "jr", "vs", "etc", "e.g", "i.e", "mt", "no")
+
+_WORD_RE = re.compile(r"\S+")
+
+
+def _lower_words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower())
+
+
+# -- splitting -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoryEvent:
+    """A piece of the story that becomes one scene: its text and character span ``[start, end)`` in the story."""
+
+    text: str
+    start: int
+    end: int
+
+    @property
+    def num_words(self) -> int:
+        return len(_WORD_RE.findall(self.text))
+
+
+@dataclass(frozen=True)
+class StoryParts:
+    """What :func:`split_story` finds: the events in order, the style, and the main subject (may be empty)."""
+
+    events: list[StoryEvent]
+    style: str
+    subject: str
+
+
+def _sentence_spans(story: str) -> list[tuple[int, int]]:
+    """Character spans of sentences: end at ``.!?`` (plus closing quotes) before a capital, or at a line break."""
+    spans = []
+    start = 0
+    boundary = re.compile(r"(?:[.!?]+[\"'\u201d\u2019)\]]*\s+(?=[\"'\u201c\u2018(\[]?[A-Z0-9])|\s*\n\s*\n?\s*)")
+    for m in boundary.finditer(story):
+        piece = story[start : m.start() + 1]
+        tail = re.search(r"(\w+(?:\.\w+)?)\.$", piece.rstrip())
+        if tail and tail.group(1).lower() in _ABBREVIATIONS and "\n" not in m.group(0):
+            continue  # "Dr. Chen", "St. Mark's": not a sentence end
+        text_end = m.start() + len(m.group(0).rstrip())
+        if text_end > start and story[start:text_end].strip():
+            spans.append((start, text_end))
+        start = m.end()
+    if story[start:].strip():
+        spans.append((start, len(story.rstrip())))
+    return spans
+
+
+# "; then", ", and then", ", then", "; meanwhile," ... split a sentence in two events.
+_CLAUSE_RE = re.compile(
+    r"(?:;\s+|,\s+and\s+|,\s+|\s+and\s+)(?=(?:then|after that|afterwards|finally|meanwhile|next|later|"
+    r"suddenly|eventually)\b)",
+    re.I,
+)
+
+
+def _clause_spans(story: str, start: int, end: int) -> list[tuple[int, int]]:
+    spans = []
+    cursor = start
+    for m in _CLAUSE_RE.finditer(story, start, end):
+        before = story[cursor : m.start()]
+        after = story[m.end() : end]
+        # Both halves must be real clauses, not "slowly, then faster".
+        if len(_lower_words(before)) >= 4 and len(_lower_words(after)) >= 4:
+            spans.append((cursor, m.start()))
+            cursor = m.end()
+    spans.append((cursor, end))
+    return spans
+
+
+def _starts_with_phrase(words: list[str], phrases: Sequence[str]) -> bool:
+    for phrase in phrases:
+        parts = phrase.split()
+        if words[: len(parts)] == parts:
+            return True
+    return False
+
+
+def _is_camera_move(words: list[str]) -> bool:
+    """``The camera slowly pans``, ``As the shot continues``, ``We cut to``: a camera noun then a move verb early."""
+    head = words[:8]
+    for i, word in enumerate(head):
+        if word in _CAMERA_NOUNS and i <= 4:
+            for verb in head[i + 1 : i + 4]:
+                if any(verb.startswith(v) for v in _CAMERA_VERBS):
+                    return True
+    return words[:2] in (["cut", "to"], ["we", "see"], ["we", "cut"])
+
+
+def event_opening(text: str) -> str:
+    """How a sentence / clause relates to the one before it.
+
+    ``"strong"``: it opens a new event with a sequence word, a camera move or a scene change; ``"continue"``: it
+    starts with a pronoun or ``the same`` and so belongs to the event before it; ``"weak"``: anything else (a new
+    sentence about something named anew, ``The street is empty``) — a new event unless it is very short.
+    """
+    words = _lower_words(text)
+    if not words:
+        return "continue"
+    if _CONTINUATION_RE.match(text.strip()):
+        return "continue"
+    if _starts_with_phrase(words, _SEQUENCE_WORDS) or _is_camera_move(words):
+        return "strong"
+    return "weak"
+
+
+def _is_style_sentence(text: str) -> bool:
+    words = _lower_words(text)
+    if not words:
+        return False
+    if words[0] in ("style", "aesthetic", "look") or text.strip().lower().startswith(("style:", "the style")):
+        return True
+    return len(words) <= 12 and sum(w in _STYLE_WORDS for w in words) >= 0.75 * len(words)
+
+
+def _find_style(story: str, style_sentences: list[str]) -> str:
+    parts = [
+        re.sub(r"^(?:style|aesthetic|look)\s*:\s*", "", s.strip(), flags=re.I).rstrip(". ") for s in style_sentences
+    ]
+    for m in _STYLE_PHRASE_RE.finditer(story):
+        phrase = m.group(0).strip()
+        if not any(phrase.lower() in p.lower() for p in parts):
+            parts.append(phrase)
+    return ", ".join(p for p in parts if p)
+
+
+_SUBJECT_STOP = re.compile(
+    r"^(?:is|are|was|were|has|have|had|can|will|would|could|stands?|sits?|walks?|runs?|jumps?|flies|fly|swims?|"
+    r"looks?|moves?|dances?|plays?|holds?|rides?|drives?|climbs?|opens?|begins?|starts?|lies|lie|waits?|"
+    r"watches|watch|turns?|smiles?|sings?|reads?|eats?|drinks?|wanders?|explores?|glides?|soars?|races?|"
+    r"rushes|rush|hurries|hurry|slowly|quickly|gently|suddenly|who|that|which|while|as|where|and)$"
+)
+_DETERMINERS = ("a", "an", "the", "one", "two", "three", "some", "several", "my", "our")
+
+
+def _main_subject(first_sentence: str) -> str:
+    """The grammatical subject of the first sentence if it is a character or object (not the camera / scene).
+
+    A word heuristic, no parser: skip a leading ``In the snowy park,`` phrase, read a determiner phrase up to the
+    first verb-like word (``walks``, ``is``, a word ending in -s before a preposition), at most 10 words.
+    """
+    text = first_sentence.strip()
+    text = re.sub(
+        r"^(?:in|on|at|under|inside|outside|beneath|above|across|during)\b[^,]{0,60},\s*", "", text, flags=re.I
+    )
+    tokens = text.split()
+    if not tokens or tokens[0].lower().strip(",") not in _DETERMINERS and not tokens[0][:1].isupper():
+        return ""
+    out: list[str] = []
+    for index, token in enumerate(tokens[:12]):
+        word = token.lower().strip(",.;:!?\"'")
+        if index > 0 and (_SUBJECT_STOP.match(word) or word.endswith("ing")):
+            break
+        nxt = tokens[index + 1].lower() if index + 1 < len(tokens) else ""
+        if (
+            index > 1
+            and word.endswith("s")
+            and not word.endswith("ss")
+            and nxt
+            in (
+                "a",
+                "an",
+                "the",
+                "through",
+                "across",
+                "into",
+                "onto",
+                "over",
+                "up",
+                "down",
+                "along",
+                "toward",
+                "towards",
+                "in",
+                "on",
+                "at",
+                "from",
+                "to",
+                "out",
+                "off",
+                "around",
+                "past",
+                "by",
+            )
+        ):
+            break  # "a fox in a red scarf runs across": "runs" is the verb
+        out.append(token.strip(",;:"))
+        if token.endswith((",", ";", ":")):
+            break
+    subject = " ".join(out)
+    words = _lower_words(subject)
+    if len(words) < 2 or len(words) > 10 or any(w in _CAMERA_NOUNS for w in words[:3]):
+        return ""
+    return subject
+
+
+def _head_noun(subject: str) -> str:
+    """Last word before a preposition: ``a young woman in a red coat`` -> ``woman``."""
+    words = _lower_words(subject)
+    for i, word in enumerate(words):
+        if word in ("in", "with", "of", "wearing", "on", "from", "at", "holding", "carrying") and i > 0:
+            return words[i - 1]
+    return words[-1] if words else ""
+
+
+def split_story(story: str, *, min_event_words: int = DEFAULT_MIN_EVENT_WORDS) -> StoryParts:
+    """Cut ``story`` into events at sentence and event boundaries; find its style and main subject."""
+    if not isinstance(story, str) or not story.strip():
+        raise PromptBuildError("The story is empty; write what should happen in the video (one or more sentences).")
+    pieces: list[tuple[int, int]] = []
+    style_sentences: list[str] = []
+    for start, end in _sentence_spans(story):
+        text = story[start:end]
+        if _is_style_sentence(text):
+            style_sentences.append(text)
+            continue
+        pieces.extend(_clause_spans(story, start, end))
+    if not pieces:
+        # Only style: one event over the whole text.
+        pieces = [(0, len(story.rstrip()))]
+        style_sentences = []
+    # [start, end, opening strength] of each event; pronoun-led pieces join the event before them.
+    events: list[list] = []
+    for start, end in pieces:
+        opening = event_opening(story[start:end])
+        if events and opening == "continue":
+            events[-1][1] = end
+        else:
+            events.append([start, end, opening])
+    # A very short event that does not open with a sequence word or camera move is a detail of a neighbour
+    # ("A few leaves drift down with the wind."): join the next event unless that one opens strongly, else the one
+    # before.
+    # "Very short" is relative: half the median sentence, at most ``min_event_words``, so a story told in short
+    # sentences ("She stops. She turns.") keeps them.
+    lengths = sorted(len(_lower_words(story[a:b])) for a, b, _ in events)
+    threshold = min(min_event_words, 0.5 * lengths[len(lengths) // 2])
+    index = 0
+    while len(events) > 1 and index < len(events):
+        start, end, opening = events[index]
+        short = len(_lower_words(story[start:end])) < threshold
+        if short and opening != "strong":
+            if index + 1 < len(events) and events[index + 1][2] != "strong":
+                events[index + 1][0] = start
+                events[index + 1][2] = opening
+                del events[index]
+                continue
+            if index > 0:
+                events[index - 1][1] = end
+                del events[index]
+                continue
+        index += 1
+    out = [StoryEvent(story[a:b].strip(), a, b) for a, b, _ in events]
+    style = _find_style(story, style_sentences)
+    subject = _main_subject(out[0].text)
+    return StoryParts(events=out, style=style, subject=subject)
+
+
+# -- durations ---------------------------------------------------------------------------------------------------------
+
+
+def _merge_shortest(events: list[StoryEvent], story: str) -> list[StoryEvent]:
+    """Merge the adjacent pair with the fewest words together (the smallest loss of detail)."""
+    best = min(range(len(events) - 1), key=lambda i: events[i].num_words + events[i + 1].num_words)
+    a, b = events[best], events[best + 1]
+    merged = StoryEvent(story[a.start : b.end].strip(), a.start, b.end)
+    return events[:best] + [merged] + events[best + 2 :]
+
+
+def allocate_latents(weights: Sequence[float], total: int, minimum: int) -> list[int]:
+    """Latents per scene: ``minimum`` each, the rest shared in proportion to ``weights`` (largest remainders).
+
+    Deterministic; ties go to the earlier scene. Requires ``len(weights) * minimum <= total``.
+    """
+    k = len(weights)
+    if k == 0 or k * minimum > total:
+        raise ValueError(f"cannot give {k} scenes {minimum} latents each out of {total}")
+    spare = total - k * minimum
+    weight_sum = float(sum(weights)) or float(k)
+    shares = [spare * (w if sum(weights) else 1.0) / weight_sum for w in weights]
+    counts = [minimum + int(s) for s in shares]
+    left = total - sum(counts)
+    order = sorted(range(k), key=lambda i: (-(shares[i] - int(shares[i])), i))
+    for i in order[:left]:
+        counts[i] += 1
+    return counts
+
+
+# -- captions ----------------------------------------------------------------------------------------------------------
+
+
+def truncate_words(text: str, max_words: int) -> str:
+    """Keep at most ``max_words`` whitespace tokens, cutting at the last sentence / clause end when it keeps at
+    least 60 % of the budget, so a caption does not stop mid-phrase; always ends with a period."""
+    tokens = text.split()
+    if len(tokens) <= max_words:
+        return text.strip()
+    kept = tokens[:max_words]
+    floor = int(0.6 * max_words)
+    for marks in ((".", "!", "?"), (";", ",")):
+        for i in range(len(kept) - 1, floor - 1, -1):
+            if kept[i].endswith(marks):
+                kept = kept[: i + 1]
+                break
+        else:
+            continue
+        break
+    out = " ".join(kept).rstrip(",;:")
+    if not out.endswith((".", "!", "?")):
+        out += "."
+    return out
+
+
+def _capitalize(text: str) -> str:
+    return text[:1].upper() + text[1:] if text else text
+
+
+def standalone_caption(
+    text: str, *, subject: str = "", style: str = "", max_words: int = DEFAULT_MAX_CAPTION_TOKENS
+) -> str:
+    """Make one event's text a caption that stands alone (see the module docstring)."""
+    caption = " ".join(text.split())
+    if subject:
+        definite = re.sub(r"^(?:a|an|the|one)\s+", "", subject, flags=re.I)
+        head = _head_noun(subject)
+        # Leading pronoun, possibly after a sequence word: "Then she kneels" -> "Then the girl in ... kneels".
+        m = re.match(
+            r"^((?:(?:then|next|finally|later|suddenly|eventually|meanwhile|now|afterwards),?\s+)?)"
+            r"(he|she|they|it|his|her|their|its)\b",
+            caption,
+            flags=re.I,
+        )
+        if m:
+            kind = _PRONOUNS[m.group(2).lower()]
+            article = "The" if m.group(2)[0].isupper() else "the"
+            replacement = f"{article} {definite}" + ("'s" if kind == "possessive" else "")
+            caption = caption[: m.start(2)] + replacement + caption[m.end(2) :]
+        elif head and definite.lower() != head and definite.lower() not in caption.lower():
+            # "The girl kneels" -> "The girl in a yellow raincoat kneels": restore the full description once.
+            caption = re.sub(rf"\b([Tt]he) {re.escape(head)}\b", lambda m: f"{m.group(1)} {definite}", caption, count=1)
+        caption = re.sub(r"\bthe same\s+", "the ", caption, flags=re.I)
+    caption = _capitalize(caption.strip())
+    suffix = ""
+    if style and style.lower() not in caption.lower():
+        suffix = f" {_capitalize(style.rstrip('. '))}."
+    budget = max(1, max_words - len(suffix.split()))
+    if not caption.endswith((".", "!", "?")):
+        caption += "."
+    return truncate_words(caption, budget) + suffix
+
+
+# -- timeline ----------------------------------------------------------------------------------------------------------
+
+
+def plan_scenes(
+    story: str, *, num_frames: int, fps: int = 16, min_scene_seconds: float = DEFAULT_MIN_SCENE_SECONDS
+) -> tuple[StoryParts, list[StoryEvent], list[int]]:
+    """Events of ``story`` that fit the video (shortest neighbours merged if needed) and latents per event."""
+    if isinstance(min_scene_seconds, bool) or not isinstance(min_scene_seconds, (int, float)) or min_scene_seconds < 0:
+        raise PromptBuildError(f"min_scene_seconds must be a number >= 0, got {min_scene_seconds!r}.")
+    total = num_latents(num_frames)
+    minimum = min(max(1, round(min_scene_seconds * fps / 4)), total)
+    parts = split_story(story)
+    events = parts.events
+    while len(events) > 1 and len(events) * minimum > total:
+        events = _merge_shortest(events, story)
+    return parts, events, allocate_latents([e.num_words for e in events], total, minimum)
+
+
+def offline_timeline(
+    story: str,
+    *,
+    num_frames: int | None = None,
+    seconds: float | None = None,
+    fps: int = 16,
+    negative: str = "",
+    max_caption_tokens: int = DEFAULT_MAX_CAPTION_TOKENS,
+    min_scene_seconds: float = DEFAULT_MIN_SCENE_SECONDS,
+) -> Timeline:
+    """Split ``story`` into a :class:`Timeline` of ``num_frames`` (or ``seconds``) with standalone captions."""
+    if (num_frames is None) == (seconds is None):
+        raise PromptBuildError("Give the video length as either num_frames or seconds (exactly one of them).")
+    if num_frames is None:
+        num_frames = frames_for_seconds(seconds, fps)
+    if isinstance(max_caption_tokens, bool) or not isinstance(max_caption_tokens, int) or max_caption_tokens < 8:
+        raise PromptBuildError(f"max_caption_tokens must be an integer >= 8, got {max_caption_tokens!r}.")
+    parts, events, counts = plan_scenes(story, num_frames=num_frames, fps=fps, min_scene_seconds=min_scene_seconds)
+    scenes = []
+    latent = 0
+    for event, count in zip(events, counts):
+        start = 0 if latent == 0 else 4 * latent - 3
+        latent += count
+        end = num_frames if latent == sum(counts) else 4 * latent - 3
+        caption = standalone_caption(event.text, subject=parts.subject, style=parts.style, max_words=max_caption_tokens)
+        scenes.append({"start": start, "end": end, "caption": caption})
+    return parse_timeline({"fps": fps, "num_frames": num_frames, "negative": negative, "scenes": scenes})
