@@ -1,0 +1,527 @@
+"""Generation pipeline: timeline + settings -> latents -> frames.
+
+::
+
+    model = load_wan("path/to/Wan2.1-T2V-1.3B-Diffusers")
+    timeline = parse_timeline("[0s-4s: a red fox in snow] [4s-8s: the fox jumps]", fps=16)
+    result = generate(model, timeline, GenerationSettings(method="pmwd", steps=30, seed=1))
+    write_mp4(result.frames, "fox.mp4", fps=16)
+
+Units. ``window`` and ``overlap`` are in *pixel frames*, like ComfyUI's context windows and like the timeline:
+``window`` must be ``4k + 1`` (81 = Wan's training length) and is ``(window - 1) // 4 + 1`` latents (81 -> 21);
+``overlap`` must be a multiple of 4 and is ``overlap // 4`` latents (28 -> 7). Windows then start every
+``window_latents - overlap_latents`` latents (the stride), the last one flush with the end. Everything after
+:func:`plan_generation` speaks latents.
+
+Methods (all on the same model, captions and noise, so they compare like for like):
+
+- ``pmwd``: Parallel Multi-Window Denoising (paper 4.4): all windows denoised at every step from the same ``x_t``,
+  predictions fused where they overlap (``fusion``), one solver step for the whole video. ``df_step > 0`` adds the
+  Diffusion Forcing schedule (later latents lag ``df_step`` steps per ``causal_block_size`` latents).
+- ``sliding``: the sequential autoregressive baseline: each window keeps ``overlap`` latents of the previous one as
+  clean context and generates the rest.
+- ``fifo``: FIFO-Diffusion: a queue of one window with diagonal noise levels; the number of steps is forced to the
+  window length in latents (``steps`` is ignored).
+- ``single``: the whole video as one window (what stock Wan does; beyond the training length quality drops).
+
+The same seed gives the same video: the initial noise is drawn on the CPU from ``torch.Generator().manual_seed(seed)``
+and then moved to the device, so it does not depend on the device either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import CancelledError, ConfigError
+from .timeline import Timeline
+
+__all__ = [
+    "DEFAULT_NEGATIVE",
+    "GenerationPlan",
+    "GenerationResult",
+    "GenerationSettings",
+    "ProgressEvent",
+    "generate",
+    "plan_generation",
+]
+
+METHODS = ("pmwd", "sliding", "fifo", "single")
+SOLVER_CHOICES = ("auto", "euler", "unipc")
+FUSIONS = ("flat", "pyramid", "overlap-linear")
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+
+# Spatial size one latent pixel covers (VAE 8) times the transformer patch (2): width / height must be multiples.
+SIZE_MULTIPLE = 16
+
+# Wan's own default negative prompt is long and in Chinese; FrameCap defaults to a short English one that names the
+# same failure modes. The timeline's ``negative`` wins when set, and ``GenerationSettings.negative`` wins over both.
+DEFAULT_NEGATIVE = (
+    "bright colors, overexposed, static, blurred details, subtitles, worst quality, low quality, JPEG artifacts, "
+    "ugly, deformed, disfigured, extra fingers, poorly drawn hands, poorly drawn face, still picture, cluttered "
+    "background, walking backwards"
+)
+
+
+def _default_shift() -> float:
+    from .schedule import DEFAULT_SHIFT
+
+    return DEFAULT_SHIFT
+
+
+@dataclass
+class GenerationSettings:
+    """Every knob of a generation. ``validate()`` checks them and raises :class:`ConfigError` naming the fix.
+
+    Attributes:
+        method: "pmwd" (default), "sliding", "fifo" or "single".
+        window: window length in pixel frames, ``4k + 1`` (81 = 21 latents, Wan's training length).
+        overlap: frames two consecutive windows share, a multiple of 4 (28 = 7 latents, a third of the window).
+            PMWD: the fused overlap; sliding: the context kept from the previous window. Unused by fifo and single.
+        fusion: how PMWD averages overlapping predictions: "flat" (the paper), "pyramid", "overlap-linear".
+        df_step: Diffusion Forcing step size in sampler steps between consecutive blocks (0 = synchronous).
+        causal_block_size: latents per Diffusion Forcing block.
+        steps: sampler steps (fifo: forced to the window length in latents).
+        guidance: classifier-free guidance scale (1 = off, half the compute).
+        shift: flow-matching sigma shift (``schedule.DEFAULT_SHIFT``).
+        solver: "auto" (UniPC when every latent shares the timestep, else Euler), "euler" or "unipc".
+        seed: initial noise seed.
+        width, height: video size in pixels, multiples of 16.
+        fps: frames per second of the output (the timeline's fps is used when None).
+        dtype, device: transformer precision ("auto" = bf16 on GPU, fp32 on CPU) and device ("auto" = cuda if any).
+        window_batch_size: PMWD windows per transformer call (None = all windows of a step in one call).
+        negative: negative prompt; None = the timeline's, else :data:`DEFAULT_NEGATIVE`.
+        lookahead: FIFO lookahead denoising (two windows per iteration).
+    """
+
+    method: str = "pmwd"
+    window: int = 81
+    overlap: int = 28
+    fusion: str = "flat"
+    df_step: int = 0
+    causal_block_size: int = 1
+    steps: int = 50
+    guidance: float = 5.0
+    shift: float = field(default_factory=_default_shift)
+    solver: str = "auto"
+    seed: int = 0
+    width: int = 832
+    height: int = 480
+    fps: int | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    window_batch_size: int | None = None
+    negative: str | None = None
+    lookahead: bool = False
+
+    # -- units ----------------------------------------------------------------------------------------------------
+
+    @property
+    def window_latents(self) -> int:
+        """Latents per window: ``(window - 1) // 4 + 1``."""
+        return (self.window - 1) // 4 + 1
+
+    @property
+    def overlap_latents(self) -> int:
+        """Latents shared by consecutive windows: ``overlap // 4``."""
+        return self.overlap // 4
+
+    @property
+    def stride_latents(self) -> int:
+        return self.window_latents - self.overlap_latents
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> GenerationSettings:
+        return dataclasses.replace(self, **changes)
+
+    # -- validation -----------------------------------------------------------------------------------------------
+
+    def validate(self) -> GenerationSettings:
+        """Raise :class:`ConfigError` (what is wrong and the fix) on the first bad setting; return self."""
+
+        def need_int(name: str, low: int, hint: str) -> int:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}; {hint}.")
+            return value
+
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}.")
+        need_int("window", 1, "use 81 frames (21 latents, Wan's training length)")
+        if (self.window - 1) % 4:
+            lower = self.window - (self.window - 1) % 4
+            raise ConfigError(
+                f"window={self.window} frames is not of the form 4k+1 (a window must hold whole latents); use "
+                f"{lower} or {lower + 4}."
+            )
+        need_int("overlap", 0, "use about a third of the window, e.g. 28 frames for window 81")
+        if self.overlap % 4:
+            lower = self.overlap - self.overlap % 4
+            raise ConfigError(
+                f"overlap={self.overlap} frames is not a multiple of 4 (4 frames = 1 latent); use {lower} or "
+                f"{lower + 4}."
+            )
+        if self.method in ("pmwd", "sliding") and self.overlap_latents >= self.window_latents:
+            suggestion = 4 * (self.window_latents // 3)
+            raise ConfigError(
+                f"overlap={self.overlap} frames ({self.overlap_latents} latents) must be smaller than the window "
+                f"({self.window} frames = {self.window_latents} latents), or windows would never advance; use e.g. "
+                f"overlap={suggestion}."
+            )
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"unknown fusion {self.fusion!r}; use one of {', '.join(FUSIONS)}.")
+        need_int("df_step", 0, "use 0 (synchronous) or a small lag such as 2")
+        need_int("causal_block_size", 1, "use 1 (every latent its own block)")
+        need_int("steps", 1, "use e.g. 50 (Wan's default) or 30")
+        need_int("seed", 0, "use any non-negative integer")
+        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) or not (
+            math.isfinite(self.guidance) and self.guidance >= 0
+        ):
+            raise ConfigError(f"guidance must be a number >= 0, got {self.guidance!r}; use 5.0 (1 turns it off).")
+        if isinstance(self.shift, bool) or not isinstance(self.shift, (int, float)) or not self.shift > 0:
+            raise ConfigError(f"shift must be a number > 0, got {self.shift!r}; use {_default_shift()}.")
+        if self.solver not in SOLVER_CHOICES:
+            raise ConfigError(f"unknown solver {self.solver!r}; use one of {', '.join(SOLVER_CHOICES)}.")
+        if self.solver == "unipc" and (self.df_step > 0 or self.method == "fifo"):
+            raise ConfigError(
+                "solver 'unipc' needs every latent at the same timestep, but "
+                + ("fifo" if self.method == "fifo" else f"df_step={self.df_step}")
+                + " gives per-latent timesteps; use solver 'euler' or 'auto'."
+            )
+        for name in ("width", "height"):
+            value = need_int(name, SIZE_MULTIPLE, "use e.g. 832x480")
+            if value % SIZE_MULTIPLE:
+                lower = value - value % SIZE_MULTIPLE
+                raise ConfigError(
+                    f"{name}={value} is not a multiple of {SIZE_MULTIPLE} (VAE stride 8 x patch 2); use "
+                    f"{max(lower, SIZE_MULTIPLE)} or {lower + SIZE_MULTIPLE}."
+                )
+        if self.fps is not None:
+            need_int("fps", 1, "use 16 (Wan's frame rate)")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}; use one of {', '.join(DTYPES)}.")
+        if self.window_batch_size is not None:
+            need_int("window_batch_size", 1, "or leave it unset to batch all windows of a step")
+        if self.negative is not None and not isinstance(self.negative, str):
+            raise ConfigError(f"negative must be a string, got {type(self.negative).__name__}.")
+        return self
+
+    def resolved_solver(self) -> str:
+        """The solver actually used: "auto" -> "unipc" when synchronous (df_step 0, not fifo), else "euler"."""
+        if self.solver != "auto":
+            return self.solver
+        return "unipc" if self.df_step == 0 and self.method != "fifo" else "euler"
+
+    def resolved_negative(self, timeline: Timeline) -> str:
+        if self.negative is not None:
+            return self.negative
+        return timeline.negative or DEFAULT_NEGATIVE
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Plan (pure: no model, no weights)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GenerationPlan:
+    """What a generation will do, computed without a model (``framecap generate --dry-run``).
+
+    Attributes:
+        method, solver: as resolved from the settings.
+        num_frames, num_latents: video length in pixel frames and latents.
+        latent_size: ``(h, w)`` latent height and width (pixels / 8).
+        window_latents, stride_latents, overlap_latents: the window geometry actually used (capped at the video).
+        window_spans: ``(start, end)`` latents of each window, end exclusive (fifo: every queue position).
+        num_steps: sampler steps / iterations.
+        forwards_per_step: window forwards in a full step (pmwd: the number of windows).
+        total_forwards: window forwards of the whole run (the unit of compute).
+        batch_rows_per_forward: transformer batch rows per window forward (2 with guidance, else 1).
+        latent_captions: caption of every latent.
+        unique_captions: distinct captions (each encoded once).
+        negative: the negative prompt used.
+    """
+
+    method: str
+    solver: str
+    num_frames: int
+    num_latents: int
+    latent_size: tuple[int, int]
+    window_latents: int
+    stride_latents: int
+    overlap_latents: int
+    window_spans: list[tuple[int, int]]
+    num_steps: int
+    forwards_per_step: int
+    total_forwards: int
+    batch_rows_per_forward: int
+    latent_captions: list[str]
+    unique_captions: list[str]
+    negative: str
+
+    @property
+    def forwards_per_latent(self) -> float:
+        return self.total_forwards / self.num_latents
+
+    def describe(self, timeline: Timeline | None = None, settings: GenerationSettings | None = None) -> str:
+        """Human-readable plan: geometry, cost, windows and the caption of each latent."""
+        h, w = self.latent_size
+        guidance = "cond + uncond in one batch" if self.batch_rows_per_forward > 1 else "no guidance"
+        lines = [
+            f"method {self.method} (solver {self.solver}), {self.num_frames} frames = {self.num_latents} latents "
+            f"of {h}x{w}",
+            f"window {self.window_latents} latents, stride {self.stride_latents}, overlap {self.overlap_latents}; "
+            f"{len(self.window_spans)} windows",
+            f"{self.num_steps} steps, {self.forwards_per_step} window forwards per step, {self.total_forwards} in "
+            f"total ({self.forwards_per_latent:.2f} per latent), {guidance}",
+        ]
+        if settings is not None:
+            lines.append(
+                f"seed {settings.seed}, guidance {settings.guidance}, shift {settings.shift}, fusion {settings.fusion}, "
+                f"df_step {settings.df_step}, causal_block_size {settings.causal_block_size}, "
+                f"{settings.width}x{settings.height}"
+            )
+        lines.append(f"negative: {self.negative}")
+        lines.append("windows (latents, end inclusive):")
+        spans = self.window_spans
+        shown = spans if len(spans) <= 40 else spans[:20] + [None] + spans[-19:]
+        for i, span in enumerate(shown):
+            if span is None:
+                lines.append(f"  ... {len(spans) - 39} more")
+                continue
+            number = i if i < 20 or len(spans) <= 40 else len(spans) - (len(shown) - i)
+            lines.append(f"  {number:>3}: {span[0]:>4}-{span[1] - 1}")
+        if timeline is not None:
+            lines.append("scenes:")
+            lines.extend("  " + line for line in timeline.summary().splitlines()[1:])
+        lines.append("caption of each latent:")
+        previous = None
+        for i, caption in enumerate(self.latent_captions):
+            marker = caption if caption != previous else '"'
+            lines.append(f"  {i:>4}  {marker}")
+            previous = caption
+        return "\n".join(lines)
+
+
+def _check_timeline(timeline: Any) -> Timeline:
+    if not isinstance(timeline, Timeline):
+        raise ConfigError(
+            f"expected a Timeline, got {type(timeline).__name__}; build one with framecap_core.timeline.parse_timeline."
+        )
+    return timeline
+
+
+def plan_generation(timeline: Timeline, settings: GenerationSettings) -> GenerationPlan:
+    """The plan of ``generate(model, timeline, settings)``: geometry, windows, cost and captions (no model needed)."""
+    from .sampling import estimate_cost
+    from .windows import plan_windows
+
+    timeline = _check_timeline(timeline)
+    settings.validate()
+    num = timeline.num_latents
+    n = min(settings.window_latents, num)
+    overlap = min(settings.overlap_latents, n - 1) if n > 1 else 0
+    stride = max(n - overlap, 1)
+    solver = settings.resolved_solver()
+    method = settings.method
+    if method == "pmwd":
+        starts = plan_windows(num, n, stride)
+        cost = estimate_cost("pmwd", num, window=n, num_steps=settings.steps, stride=stride,
+                             df_step_size=settings.df_step, causal_block_size=settings.causal_block_size,
+                             window_batch_size=settings.window_batch_size, solver=solver)
+        spans = [(s, s + n) for s in starts]
+        per_step = len(starts)
+    elif method == "sliding":
+        starts = plan_windows(num, n, stride)
+        cost = estimate_cost("sliding", num, window=n, num_steps=settings.steps, context=overlap)
+        spans = [(s, s + n) for s in starts]
+        per_step = 1
+    elif method == "fifo":
+        cost = estimate_cost("fifo", num, window=n, lookahead=settings.lookahead)
+        spans = [(0, n)] + [(i, min(i + n, num)) for i in range(1, num - n + 1)] if num > n else [(0, n)]
+        per_step = 2 if settings.lookahead and num > n else 1
+        stride, overlap = 1, n - 1
+    else:  # single
+        cost = estimate_cost("single", num, window=num, num_steps=settings.steps, df_step_size=settings.df_step,
+                             causal_block_size=settings.causal_block_size, solver=solver)
+        spans = [(0, num)]
+        per_step = 1
+        n, stride, overlap = num, num, 0
+    return GenerationPlan(
+        method=method,
+        solver=solver,
+        num_frames=timeline.num_frames,
+        num_latents=num,
+        latent_size=(settings.height // 8, settings.width // 8),
+        window_latents=n,
+        stride_latents=stride,
+        overlap_latents=overlap,
+        window_spans=spans,
+        num_steps=cost.steps,
+        forwards_per_step=per_step,
+        total_forwards=cost.window_forwards,
+        batch_rows_per_forward=2 if settings.guidance != 1 else 1,
+        latent_captions=timeline.latent_captions(),
+        unique_captions=timeline.unique_captions(),
+        negative=settings.resolved_negative(timeline),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Progress of :func:`generate`.
+
+    ``phase``: "encode" (captions), "denoise" (after every chunk of windows and every step) or "decode" (per latent).
+    ``done`` / ``total``: window forwards so far / in the run for "denoise", latents for "decode", captions for
+    "encode". ``step`` / ``num_steps``, ``window`` / ``num_windows`` and ``sigma`` come from the sampler
+    (``kind`` is "window" or "step"); they are 0 / "" in the other phases.
+    """
+
+    phase: str
+    done: int
+    total: int
+    kind: str = ""
+    step: int = 0
+    num_steps: int = 0
+    window: int = 0
+    num_windows: int = 0
+    sigma: float = 0.0
+
+
+@dataclass
+class GenerationResult:
+    """``latents [C, L, h, w]`` float32 (normalized space, on the CPU), ``frames [T, H, W, 3]`` uint8 (None when
+    ``decode=False``), the plan, the settings and wall-clock seconds per phase."""
+
+    latents: Any
+    frames: Any
+    plan: GenerationPlan
+    settings: GenerationSettings
+    timeline: Timeline
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def scene_frames(self) -> list[Any] | None:
+        """One decoded frame per scene (its middle frame), for the storyboard."""
+        if self.frames is None:
+            return None
+        last = self.frames.shape[0] - 1
+        return [self.frames[min((s.start + s.end - 1) // 2, last)] for s in self.timeline.scenes]
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+def generate(
+    model,
+    timeline: Timeline,
+    settings: GenerationSettings | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: Callable[[], bool] | None = None,
+    decode: bool = True,
+    caption_encoder=None,
+    denoiser=None,
+) -> GenerationResult:
+    """Generate the video of ``timeline`` with ``model`` (a :class:`~framecap_core.models.WanModel`).
+
+    Args:
+        model: the loaded model (frame-level attention installed, as ``load_wan`` does by default).
+        timeline: scenes and captions; its length fixes the number of latents.
+        settings: knobs (defaults: :class:`GenerationSettings`); ``settings.device`` / ``dtype`` are the caller's
+            business at load time, the run uses the model's.
+        progress: called with a :class:`ProgressEvent` per caption batch, window chunk, step and decoded latent.
+        cancel: polled at every progress point; returning True stops the run with :class:`CancelledError`.
+        decode: decode the latents to frames with the model's VAE.
+        caption_encoder: a :class:`~framecap_core.text.CaptionEncoder` (default: one over the model's text encoder;
+            embeddings are cached process-wide, so a rerun of the same timeline encodes nothing).
+        denoiser: use this ``Denoiser`` instead of building a ``WanDenoiser`` (tests, other backends).
+
+    Returns:
+        a :class:`GenerationResult`.
+    """
+    import torch
+
+    from . import sampling
+    from .backend import WanDenoiser, decode_latents
+    from .schedule import df_sigma_matrix, flow_sigmas
+
+    settings = (settings or GenerationSettings()).validate()
+    timeline = _check_timeline(timeline)
+    plan = plan_generation(timeline, settings)
+    timings: dict[str, float] = {}
+
+    def report(event: ProgressEvent) -> None:
+        if cancel is not None and cancel():
+            raise CancelledError(f"generation cancelled during {event.phase} ({event.done}/{event.total}).")
+        if progress is not None:
+            progress(event)
+
+    t0 = time.perf_counter()
+    report(ProgressEvent("encode", 0, len(plan.unique_captions)))
+    if denoiser is None:
+        from .text import CaptionEncoder, timeline_context
+
+        encoder = caption_encoder if caption_encoder is not None else CaptionEncoder.from_model(model)
+        ctx = timeline_context(encoder, timeline, plan.negative)
+        denoiser = WanDenoiser(model.transformer, ctx.unique_embeds, ctx.latent_indices, ctx.negative_embeds,
+                               guidance_scale=float(settings.guidance))
+    report(ProgressEvent("encode", len(plan.unique_captions), len(plan.unique_captions)))
+    timings["encode"] = time.perf_counter() - t0
+
+    device = getattr(model, "device", None) or torch.device("cpu")
+    channels = int(getattr(model, "latent_channels", 16))
+    h, w = plan.latent_size
+    generator = torch.Generator().manual_seed(int(settings.seed))
+    noise = torch.randn((channels, plan.num_latents, h, w), generator=generator, dtype=torch.float32).to(device)
+
+    def on_event(ev) -> None:
+        report(ProgressEvent("denoise", ev.forwards, ev.total_forwards, ev.kind, ev.step, ev.num_steps, ev.window,
+                             ev.num_windows, ev.sigma))
+
+    t0 = time.perf_counter()
+    n, stride = plan.window_latents, plan.stride_latents
+    matrix = None
+    if settings.df_step > 0 and settings.method in ("pmwd", "single"):
+        matrix = df_sigma_matrix(settings.steps, plan.num_latents, step_size=settings.df_step,
+                                 causal_block_size=settings.causal_block_size, shift=settings.shift)
+    sigmas = flow_sigmas(settings.steps, settings.shift)
+    if settings.method == "pmwd":
+        latents = sampling.pmwd(denoiser, noise, sigmas, window=n, stride=stride, fusion=settings.fusion,
+                                window_batch_size=settings.window_batch_size, solver=plan.solver,
+                                df_sigma_matrix=matrix, callback=on_event)
+    elif settings.method == "single":
+        latents = sampling.single_window(denoiser, noise, sigmas, solver=plan.solver, df_sigma_matrix=matrix,
+                                         callback=on_event)
+    elif settings.method == "sliding":
+        latents = sampling.sliding_window(denoiser, noise, sigmas, window=n, context=plan.overlap_latents,
+                                          solver=plan.solver, callback=on_event)
+    else:
+        fifo_gen = torch.Generator().manual_seed(int(settings.seed) + 1)
+        latents = sampling.fifo(denoiser, noise, None, window=n, lookahead=settings.lookahead, shift=settings.shift,
+                                generator=fifo_gen, callback=on_event)
+    timings["denoise"] = time.perf_counter() - t0
+    latents = latents.float().cpu()
+
+    frames = None
+    if decode:
+        if getattr(model, "vae", None) is None:
+            raise ConfigError("decode=True needs a model loaded with its VAE; load it with load_vae_model=True.")
+        t0 = time.perf_counter()
+        frames = decode_latents(
+            model.vae, latents, model.latents_mean, model.latents_std,
+            progress=lambda done, total: report(ProgressEvent("decode", done, total)),
+        )
+        timings["decode"] = time.perf_counter() - t0
+    return GenerationResult(latents=latents, frames=frames, plan=plan, settings=settings, timeline=timeline,
+                            timings=timings)
