@@ -162,7 +162,10 @@ class RecordedRequest:
         for part in self._parts():
             blob = part.get("inlineData") or part.get("inline_data")
             if blob:
-                out.append((blob.get("mimeType") or blob.get("mime_type"), base64.b64decode(blob["data"])))
+                data = blob["data"]
+                # google-genai sends URL-safe base64 without padding; accept both alphabets
+                data = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+                out.append((blob.get("mimeType") or blob.get("mime_type"), data))
         return out
 
     def system_instruction(self) -> str:
@@ -220,7 +223,9 @@ class FakeGemini:
         handler = _make_handler(self)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-gemini", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-gemini", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -77,7 +77,7 @@ class GeminiOptions:
     base_url: str | None = None
     api_version: str | None = "v1beta"  # structured output (responseJsonSchema) lives in v1beta
     temperature: float | None = None
-    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+    sleep: Callable[[float], None] | None = field(default=None, repr=False)  # None: time.sleep
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -102,6 +102,10 @@ def api_key_from_env(environ: Mapping[str, str] | None = None) -> str:
         'settings or files), or use the offline backend (backend="offline", `framecap prompt --backend offline`), '
         "which needs no key or network."
     )
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
 
 
 def _redact(text: str, key: str) -> str:
@@ -189,7 +193,7 @@ def _call(client: Any, contents: list[Any], config: Any, options: GeminiOptions,
             ) from None
         if attempt < attempts:
             logger.warning("Gemini: %s; retrying in %.3g s (attempt %d of %d)", last, wait, attempt + 1, attempts)
-            options.sleep(wait)
+            (options.sleep or _sleep)(wait)
     raise PromptBuildError(
         f"Gemini failed {attempts} time(s) in a row; last: {last}. Try again later, raise the number of retries or "
         f"the timeout, or use the offline backend."
