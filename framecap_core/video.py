@@ -244,7 +244,7 @@ def render_storyboard(
     if scene_frames is not None and len(scene_frames):
         per_row = min(len(scenes), 6)
         gap = 12
-        thumb_w = (inner - gap * (per_row - 1)) // per_row
+        thumb_w = min((inner - gap * (per_row - 1)) // per_row, 360)
         first = frames_to_uint8(scene_frames[0])[0]
         thumb_h = max(16, int(round(thumb_w * first.shape[0] / first.shape[1])))
         thumb_h = min(thumb_h, 2 * thumb_w)

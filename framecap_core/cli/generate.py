@@ -1,0 +1,331 @@
+"""``framecap generate``: a timeline (or a story) -> a long multi-scene mp4 and its storyboard."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from framecap_core.errors import ConfigError, ModelLoadError
+
+DESCRIPTION = """\
+Generate a long, multi-scene video with Wan2.1-T2V: every latent frame gets the caption of its scene
+(frame-level cross-attention), and the video is denoised as overlapping windows of the training length.
+
+Writes VIDEO.mp4 (H.264), VIDEO.storyboard.png (the timeline, the windows, one frame per scene, the settings)
+and VIDEO.timeline.json (the exact timeline used). --dry-run prints the plan (latents, windows, window forwards
+per step, the caption of every latent) without loading a model.
+
+Windows are given in pixel frames, like the timeline and ComfyUI's context windows: --window must be 4k+1
+(81 frames = 21 latents, Wan's training length) and --overlap a multiple of 4 (28 frames = 7 latents).
+
+Methods:
+  pmwd     Parallel Multi-Window Denoising (default): all windows at every step, averaged where they overlap,
+           one solver step for the whole video.
+  sliding  sequential sliding window: each window continues from the last --overlap frames of the previous one.
+  fifo     FIFO-Diffusion: a queue with diagonal noise; steps are forced to the window length in latents.
+  single   the whole video as one window (plain Wan sampling).
+"""
+
+EPILOG = """\
+model sources (--model):
+  a diffusers Wan folder (Wan2.1-T2V-1.3B-Diffusers), a folder of ComfyUI files (models/ with diffusion_models,
+  vae, text_encoders), a transformer .safetensors file (its VAE / text encoder are looked up beside it), or "toy"
+  (the bundled small model). Single files can also be named one by one with --transformer-file, --vae-file and
+  --text-encoder-file. A model folder's framecap.json may carry its own defaults (e.g. width, height, steps,
+  window) used for every option you do not set.
+
+examples:
+  framecap generate --model toy --prompt "A fox runs through snow. Then it leaps into a river." --seconds 10 \\
+      --out fox.mp4
+  framecap generate --model ./Wan2.1-T2V-1.3B-Diffusers --timeline story.json --out story.mp4 --steps 30
+  framecap generate --model ComfyUI/models/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors \\
+      --timeline "[0s-10s: a red fox in snow] [10s-20s: the fox jumps]" --out fox.mp4 --method sliding
+  framecap generate --timeline story.json --seconds 30 --dry-run
+"""
+
+# Options whose built-in default a model's framecap.json may replace (option dest -> GenerationSettings field).
+MODEL_DEFAULTABLE = ("method", "window", "overlap", "fusion", "df_step", "causal_block_size", "steps", "guidance",
+                     "shift", "solver", "width", "height", "fps", "window_batch_size", "negative", "seconds")
+
+TOY_MODEL_DIR = Path(__file__).resolve().parent.parent / "toy_model"
+
+
+def _builtin_defaults() -> dict[str, Any]:
+    from framecap_core.pipeline import GenerationSettings
+
+    defaults = GenerationSettings().to_dict()
+    defaults["fps"] = 16
+    defaults["seconds"] = 5.0
+    return defaults
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    d = {
+        "method": "pmwd", "window": 81, "overlap": 28, "fusion": "flat", "df_step": 0, "causal_block_size": 1,
+        "steps": 50, "guidance": 5.0, "shift": 5.0, "solver": "auto", "seed": 0, "width": 832, "height": 480,
+        "fps": 16, "seconds": 5.0,
+    }
+    parser = subparsers.add_parser(
+        "generate",
+        help="timeline or story -> long multi-scene mp4 + storyboard",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = parser.add_argument_group("input")
+    what = src.add_mutually_exclusive_group(required=True)
+    what.add_argument("--timeline", metavar="SPEC",
+                      help="timeline JSON file, or timeline text in any accepted syntax (keyframes, "
+                           "[0s-5s: caption] spans, 'a | b | c' equal split, ...)")
+    what.add_argument("--prompt", metavar="TEXT",
+                      help="a story; it is split into scenes with frame-level captions (see --prompt-backend)")
+    src.add_argument("--prompt-backend", choices=("offline", "gemini"), default="offline",
+                     help="how --prompt becomes a timeline: offline splitter (default) or Gemini "
+                          "(GEMINI_API_KEY / GOOGLE_API_KEY)")
+    src.add_argument("--seconds", type=float, default=None, metavar="S",
+                     help=f"video length in seconds, rounded to 4k+1 frames (default: the timeline's own length; "
+                          f"{d['seconds']:g} for --prompt)")
+    src.add_argument("--out", metavar="VIDEO.mp4", default=None,
+                     help="output video; the storyboard and timeline are written beside it (required unless --dry-run)")
+    src.add_argument("--dry-run", action="store_true", help="print the plan and exit without loading a model")
+    src.add_argument("--no-storyboard", action="store_true", help="do not write VIDEO.storyboard.png")
+    src.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    mdl = parser.add_argument_group("model")
+    mdl.add_argument("--model", metavar="PATH|toy", default=None,
+                     help="diffusers folder, ComfyUI models folder, transformer .safetensors file, or 'toy' "
+                          "(required unless --transformer-file or --dry-run)")
+    mdl.add_argument("--transformer-file", metavar="FILE", help="single-file transformer "
+                     "(wan2.1_t2v_1.3B_fp16.safetensors, original/ComfyUI or diffusers key names)")
+    mdl.add_argument("--vae-file", metavar="FILE", help="single-file VAE (wan_2.1_vae.safetensors)")
+    mdl.add_argument("--text-encoder-file", metavar="FILE",
+                     help="single-file UMT5 (umt5_xxl_fp16.safetensors or umt5_xxl_fp8_e4m3fn_scaled.safetensors)")
+    mdl.add_argument("--tokenizer", metavar="PATH", help="tokenizer folder or spiece.model, when the text encoder "
+                     "file does not embed one")
+    mdl.add_argument("--config-dir", metavar="DIR", help="diffusers-style config folder for single files "
+                     "(default: the shipped Wan2.1-T2V-1.3B configs)")
+    mdl.add_argument("--checkpoint", metavar="PATH", help="fine-tuned transformer (full safetensors or LoRA) "
+                     "applied on top of the base")
+    mdl.add_argument("--lora", metavar="PATH", help="LoRA adapter (peft folder or safetensors) merged after "
+                     "--checkpoint")
+    mdl.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (default: 1.0)")
+    mdl.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                     help="transformer precision (default: auto = bf16 on GPU, fp32 on CPU)")
+    mdl.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+
+    smp = parser.add_argument_group("sampling (a model's framecap.json may change the defaults shown)")
+    smp.add_argument("--method", choices=("pmwd", "sliding", "fifo", "single"), default=None,
+                     help=f"long-video method (default: {d['method']})")
+    smp.add_argument("--window", type=int, default=None, metavar="FRAMES",
+                     help=f"window length in pixel frames, 4k+1 (default: {d['window']} = 21 latents)")
+    smp.add_argument("--overlap", type=int, default=None, metavar="FRAMES",
+                     help=f"frames shared by consecutive windows, multiple of 4 (default: {d['overlap']} = 7 latents)")
+    smp.add_argument("--fusion", choices=("flat", "pyramid", "overlap-linear"), default=None,
+                     help=f"PMWD weights where windows overlap (default: {d['fusion']}, the paper's average)")
+    smp.add_argument("--df-step", type=int, default=None, metavar="N",
+                     help=f"Diffusion Forcing step size: each block lags the previous one by N steps "
+                          f"(default: {d['df_step']} = synchronous)")
+    smp.add_argument("--causal-block-size", type=int, default=None, metavar="N",
+                     help=f"latents per Diffusion Forcing block (default: {d['causal_block_size']})")
+    smp.add_argument("--steps", type=int, default=None, help=f"sampling steps (default: {d['steps']})")
+    smp.add_argument("--guidance", type=float, default=None,
+                     help=f"classifier-free guidance scale, 1 = off (default: {d['guidance']})")
+    smp.add_argument("--shift", type=float, default=None, help=f"flow-matching sigma shift (default: {d['shift']})")
+    smp.add_argument("--solver", choices=("auto", "euler", "unipc"), default=None,
+                     help="auto (default): UniPC when all latents share the timestep, else Euler")
+    smp.add_argument("--seed", type=int, default=None, help=f"noise seed; same seed, same video (default: {d['seed']})")
+    smp.add_argument("--width", type=int, default=None, help=f"width in pixels, multiple of 16 (default: {d['width']})")
+    smp.add_argument("--height", type=int, default=None,
+                     help=f"height in pixels, multiple of 16 (default: {d['height']})")
+    smp.add_argument("--fps", type=int, default=None, help=f"frames per second (default: {d['fps']})")
+    smp.add_argument("--window-batch-size", type=int, default=None, metavar="K",
+                     help="PMWD windows per transformer call (default: all windows of a step at once; lower it to "
+                          "save memory)")
+    smp.add_argument("--negative", default=None, metavar="TEXT",
+                     help="negative prompt (default: the timeline's, else a built-in list of artefacts)")
+    smp.add_argument("--lookahead", action="store_true", help="FIFO lookahead denoising (two windows per iteration)")
+    parser.set_defaults(func=run)
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+
+
+def _model_folder(args) -> Path | None:
+    """The folder whose framecap.json may hold defaults (toy, a diffusers folder, or a single file's folder)."""
+    if args.model is None:
+        return None
+    if args.model == "toy":
+        return TOY_MODEL_DIR
+    path = Path(args.model)
+    return path if path.is_dir() else None
+
+
+def model_defaults(folder: Path | None) -> dict[str, Any]:
+    """Defaults a model folder carries in ``framecap.json``: top-level keys named like options, or a ``defaults``
+    object (``{"defaults": {"width": 64, "height": 64, "steps": 8, "window": 17}}``). Read with plain json, so a
+    dry run stays cheap."""
+    if folder is None or not (folder / "framecap.json").is_file():
+        return {}
+    try:
+        data = json.loads((folder / "framecap.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{folder / 'framecap.json'} is not valid JSON ({exc}); fix or delete it.") from None
+    if not isinstance(data, dict):
+        return {}
+    merged = {k: v for k, v in data.items() if k in MODEL_DEFAULTABLE}
+    if isinstance(data.get("defaults"), dict):
+        merged.update({k: v for k, v in data["defaults"].items() if k in MODEL_DEFAULTABLE})
+    return merged
+
+
+def resolve_options(args) -> dict[str, Any]:
+    """Flag if given, else the model's default, else the built-in default."""
+    builtin = _builtin_defaults()
+    from_model = model_defaults(_model_folder(args))
+    values = {}
+    for name in MODEL_DEFAULTABLE:
+        flag = getattr(args, name, None)
+        values[name] = flag if flag is not None else from_model.get(name, builtin.get(name))
+    values["seed"] = args.seed if args.seed is not None else 0
+    return values
+
+
+def build_timeline(args, opts: dict[str, Any]):
+    from framecap_core.errors import TimelineError
+    from framecap_core.timeline import frames_for_seconds, parse_timeline
+
+    fps = int(opts["fps"])
+    if args.prompt is not None:
+        from framecap_core.prompting import build_timeline as story_to_timeline
+
+        seconds = float(args.seconds if args.seconds is not None else opts["seconds"])
+        return story_to_timeline(args.prompt, seconds=seconds, fps=fps, backend=args.prompt_backend,
+                                 negative=opts["negative"] or "")
+    num_frames = frames_for_seconds(args.seconds, fps) if args.seconds is not None else None
+    try:
+        return parse_timeline(args.timeline, num_frames=num_frames, fps=fps)
+    except TimelineError as exc:
+        if num_frames is None and "does not say how long" in str(exc):
+            raise TimelineError(f"{exc} On the command line: add --seconds S.") from None
+        raise
+
+
+def build_settings(opts: dict[str, Any], args):
+    from framecap_core.pipeline import GenerationSettings
+
+    return GenerationSettings(
+        method=opts["method"], window=int(opts["window"]), overlap=int(opts["overlap"]), fusion=opts["fusion"],
+        df_step=int(opts["df_step"]), causal_block_size=int(opts["causal_block_size"]), steps=int(opts["steps"]),
+        guidance=float(opts["guidance"]), shift=float(opts["shift"]), solver=opts["solver"], seed=int(opts["seed"]),
+        width=int(opts["width"]), height=int(opts["height"]), fps=int(opts["fps"]), dtype=args.dtype,
+        device=args.device, window_batch_size=opts["window_batch_size"], negative=opts["negative"],
+        lookahead=bool(args.lookahead),
+    ).validate()
+
+
+class _ProgressBar:
+    """tqdm bars: window forwards while denoising (with the step), then latents while decoding."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+        self.phase = None
+
+    def __call__(self, event) -> None:
+        if not self.enabled or event.phase == "encode":
+            return
+        from tqdm import tqdm
+
+        if event.phase != self.phase:
+            self.close()
+            self.phase = event.phase
+            unit = "fwd" if event.phase == "denoise" else "latent"
+            self.bar = tqdm(total=event.total, desc=event.phase, unit=unit, file=sys.stderr, dynamic_ncols=True)
+        self.bar.n = event.done
+        if event.phase == "denoise":
+            self.bar.set_postfix_str(f"step {event.step + 1}/{event.num_steps} sigma {event.sigma:.3f}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _legend(settings, plan, model_name: str) -> dict[str, Any]:
+    return {
+        "model": model_name,
+        "method": settings.method,
+        "window": f"{settings.window} frames ({plan.window_latents} latents)",
+        "overlap": f"{settings.overlap} frames ({plan.overlap_latents} latents)",
+        "fusion": settings.fusion,
+        "steps": plan.num_steps,
+        "solver": plan.solver,
+        "guidance": settings.guidance,
+        "shift": settings.shift,
+        "df_step": settings.df_step,
+        "seed": settings.seed,
+        "size": f"{settings.width}x{settings.height}",
+        "forwards": plan.total_forwards,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------- run
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = resolve_options(args)
+    timeline = build_timeline(args, opts)
+    settings = build_settings(opts, args)
+
+    from framecap_core.pipeline import plan_generation
+
+    plan = plan_generation(timeline, settings)
+    if args.dry_run:
+        print(plan.describe(timeline, settings))
+        return 0
+    if args.out is None:
+        raise ConfigError("--out is required (the mp4 to write), e.g. --out video.mp4; or use --dry-run.")
+    if args.model is None and args.transformer_file is None:
+        raise ConfigError("--model is required: a diffusers Wan folder, a ComfyUI models folder, a transformer "
+                          ".safetensors file, or 'toy' (or give --transformer-file).")
+    out = Path(args.out)
+    if out.suffix.lower() != ".mp4":
+        raise ConfigError(f"--out must end in .mp4, got {str(out)!r}; e.g. --out {out.with_suffix('.mp4')}.")
+
+    from framecap_core.fileio import atomic_write_text
+    from framecap_core.models import load_wan
+    from framecap_core.pipeline import generate
+    from framecap_core.video import render_storyboard, storyboard_path, write_mp4
+
+    if not args.quiet:
+        print(plan.describe().split("\nnegative:")[0], file=sys.stderr)
+    model = load_wan(
+        args.model, transformer_file=args.transformer_file, vae_file=args.vae_file,
+        text_encoder_file=args.text_encoder_file, tokenizer_path=args.tokenizer, config_dir=args.config_dir,
+        checkpoint=args.checkpoint, lora=args.lora, lora_scale=args.lora_scale, dtype=args.dtype, device=args.device,
+    )
+    bar = _ProgressBar(enabled=not args.quiet)
+    try:
+        result = generate(model, timeline, settings, progress=bar)
+    finally:
+        bar.close()
+
+    fps = int(settings.fps or timeline.fps)
+    write_mp4(result.frames, out, fps=fps)
+    atomic_write_text(out.with_name(out.stem + ".timeline.json"), timeline.to_json() + "\n")
+    written = [str(out)]
+    if not args.no_storyboard:
+        board = storyboard_path(out)
+        render_storyboard(timeline, window_spans=plan.window_spans, scene_frames=result.scene_frames(), path=board,
+                          title=f"FrameCap: {out.name}", settings=_legend(settings, plan, model.name))
+        written.append(str(board))
+    t = result.timings
+    print(
+        f"wrote {', '.join(written)} ({result.frames.shape[0]} frames, {result.frames.shape[0] / fps:.2f} s); "
+        f"encode {t.get('encode', 0):.1f} s, denoise {t.get('denoise', 0):.1f} s, decode {t.get('decode', 0):.1f} s"
+    )
+    return 0
