@@ -454,6 +454,16 @@ def _load_into_meta_model(model_cls, config, state: dict[str, torch.Tensor], *, 
 
 def _check_state_against(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], *, what: str,
                          path: Path, allow_missing: bool = False) -> None:
+    """Raise a ModelLoadError naming the first tensor whose shape differs, then missing / unexpected names."""
+    size = _size_summary(state, expected)
+    for name, tensor in state.items():
+        ref = expected.get(name)
+        if ref is not None and tuple(tensor.shape) != tuple(ref.shape):
+            raise ModelLoadError(
+                f"{what} file {path}: tensor {name!r} has shape {tuple(tensor.shape)} but the configured model expects "
+                f"{tuple(ref.shape)}{size}. The file belongs to a different model size; pass the matching config "
+                f"folder (config_dir=...) or a Wan2.1-T2V-1.3B file."
+            )
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if (missing and not allow_missing) or unexpected:
@@ -463,17 +473,21 @@ def _check_state_against(expected: dict[str, torch.Tensor], state: dict[str, tor
         if unexpected:
             detail.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[:3]}")
         raise ModelLoadError(
-            f"{what} file {path} does not match the Wan2.1 {what} architecture: {'; '.join(detail)}. Is it the right "
-            f"kind of file (a {what}) for a Wan2.1 text-to-video model? For another size pass a matching config_dir."
+            f"{what} file {path} does not match the Wan2.1 {what} architecture{size}: {'; '.join(detail)}. Is it the "
+            f"right kind of file (a {what}) for a Wan2.1 text-to-video model? For another size pass a matching "
+            f"config_dir."
         )
-    for name, tensor in state.items():
-        ref = expected[name]
-        if tuple(tensor.shape) != tuple(ref.shape):
-            raise ModelLoadError(
-                f"{what} file {path}: tensor {name!r} has shape {tuple(tensor.shape)} but the configured model expects "
-                f"{tuple(ref.shape)}. The file belongs to a different model size; pass the matching config folder "
-                f"(config_dir=...) or the 1.3B file."
-            )
+
+
+def _num_blocks(keys) -> int:
+    blocks = {int(m.group(1)) for k in keys if (m := re.match(r"(?:encoder\.block|blocks)\.(\d+)\.", k))}
+    return max(blocks) + 1 if blocks else 0
+
+
+def _size_summary(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str:
+    """`` (file: 2 blocks, config: 30 blocks)`` when the layer counts differ, else ""."""
+    have, want = _num_blocks(state), _num_blocks(expected)
+    return f" (file: {have} blocks, config: {want} blocks)" if have and want and have != want else ""
 
 
 def _transformer_state_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
