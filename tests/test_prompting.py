@@ -98,6 +98,26 @@ def test_standalone_captions_resolve_pronouns_restore_subject_and_add_style():
         assert not caption.lower().startswith(("she ", "he ", "it "))
 
 
+def test_named_subject_with_appositive_and_plural_subject():
+    story = (
+        "Detective Mara Quinn, a tall woman in a grey trench coat, walks into a smoky jazz bar. She sits at the "
+        "counter and orders whiskey. Her eyes narrow as a stranger enters. Then Mara draws a silver pistol."
+    )
+    parts = split_story(story)
+    assert parts.subject == "Detective Mara Quinn, a tall woman in a grey trench coat"
+    captions = [standalone_caption(e.text, subject=parts.subject) for e in parts.events]
+    assert captions[1] == (
+        "Detective Mara Quinn, a tall woman in a grey trench coat, sits at the counter and orders whiskey."
+    )
+    assert captions[2] == "Detective Mara Quinn's eyes narrow as a stranger enters."
+    assert captions[3] == "Then Detective Mara Quinn, a tall woman in a grey trench coat, draws a silver pistol."
+    kids = split_story("Two kids in capes race down a hill. They tumble into the leaves, laughing loudly.")
+    assert kids.subject == "Two kids in capes"
+    assert standalone_caption(kids.events[1].text, subject=kids.subject).startswith("The two kids in capes tumble")
+    # A capitalised plural that is not a name is not taken for the subject.
+    assert split_story("Glaciers wind their way through the valley. Snow falls.").subject == ""
+
+
 def test_truncate_words_cuts_at_clause_end_and_respects_limit():
     text = "one two three four five six seven, eight nine ten eleven twelve"
     assert truncate_words(text, 20) == text

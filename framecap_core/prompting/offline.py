@@ -358,65 +358,91 @@ _SUBJECT_STOP = re.compile(
 _DETERMINERS = ("a", "an", "the", "one", "two", "three", "some", "several", "my", "our")
 
 
+_VERB_PREPOSITIONS = frozenset(
+    "a an the through across into onto over up down along toward towards in on at from to out off around past by".split()
+)
+
+
+def _clean(token: str) -> str:
+    return token.lower().strip(",.;:!?\"'")
+
+
 def _main_subject(first_sentence: str) -> str:
     """The grammatical subject of the first sentence if it is a character or object (not the camera / scene).
 
-    A word heuristic, no parser: skip a leading ``In the snowy park,`` phrase, read a determiner phrase up to the
-    first verb-like word (``walks``, ``is``, a word ending in -s before a preposition), at most 10 words.
+    A word heuristic, no parser: skip a leading ``In the snowy park,`` phrase, then read either a determiner phrase
+    (``a red fox in a woolen scarf``) up to the first verb-like word (``walks``, ``is``, a word ending in -s before a
+    preposition), or a capitalised name (``Detective Mara Quinn``), with an appositive that follows it
+    (``, a tall woman in a grey coat,``). Returns ``""`` when unsure.
     """
-    text = first_sentence.strip()
     text = re.sub(
-        r"^(?:in|on|at|under|inside|outside|beneath|above|across|during)\b[^,]{0,60},\s*", "", text, flags=re.I
+        r"^(?:in|on|at|under|inside|outside|beneath|above|across|during)\b[^,]{0,60},\s*",
+        "",
+        first_sentence.strip(),
+        flags=re.I,
     )
     tokens = text.split()
-    if not tokens or tokens[0].lower().strip(",") not in _DETERMINERS and not tokens[0][:1].isupper():
+    if not tokens:
+        return ""
+    proper = _clean(tokens[0]) not in _DETERMINERS
+    if proper and not tokens[0][:1].isupper():
         return ""
     out: list[str] = []
     for index, token in enumerate(tokens[:12]):
-        word = token.lower().strip(",.;:!?\"'")
+        word = _clean(token)
         if index > 0 and (_SUBJECT_STOP.match(word) or word.endswith("ing")):
             break
+        if proper and index > 0 and not token[:1].isupper():
+            break  # a name ends at the first lower-case word
         nxt = tokens[index + 1].lower() if index + 1 < len(tokens) else ""
-        if (
-            index > 1
-            and word.endswith("s")
-            and not word.endswith("ss")
-            and nxt
-            in (
-                "a",
-                "an",
-                "the",
-                "through",
-                "across",
-                "into",
-                "onto",
-                "over",
-                "up",
-                "down",
-                "along",
-                "toward",
-                "towards",
-                "in",
-                "on",
-                "at",
-                "from",
-                "to",
-                "out",
-                "off",
-                "around",
-                "past",
-                "by",
-            )
-        ):
+        if index > 1 and word.endswith("s") and not word.endswith("ss") and nxt in _VERB_PREPOSITIONS:
             break  # "a fox in a red scarf runs across": "runs" is the verb
-        out.append(token.strip(",;:"))
-        if token.endswith((",", ";", ":")):
+        out.append(token)
+        if token.endswith(","):
+            rest = tokens[index + 1 : index + 13]
+            if rest and _clean(rest[0]) in ("a", "an", "the"):
+                for end, more in enumerate(rest):
+                    if more.endswith(","):
+                        out.extend(rest[: end + 1])  # the appositive ", a tall woman in a grey coat,"
+                        break
             break
-    subject = " ".join(out)
+    subject = " ".join(out).rstrip(",;:")
     words = _lower_words(subject)
-    if len(words) < 2 or len(words) > 10 or any(w in _CAMERA_NOUNS for w in words[:3]):
+    if not words or len(words) > 16 or any(w in _CAMERA_NOUNS for w in words[:3]):
+        return ""
+    if proper and len(words) == 1:
+        # "Mara walks" is a name; "Glaciers wind" is not: trust one capitalised word only before a known verb.
+        following = _clean(tokens[1]) if len(tokens) > 1 else ""
+        if not _SUBJECT_STOP.match(following):
+            return ""
+    elif not proper and len(words) < 2:
         return ""
     return subject
+
+
+def _is_name(subject: str) -> bool:
+    return bool(subject) and _clean(subject.split()[0]) not in _DETERMINERS
+
+
+def _name_part(subject: str) -> str:
+    """``Detective Mara Quinn, a tall woman`` -> ``Detective Mara Quinn``; a common noun phrase stays whole."""
+    return subject.split(",")[0].strip()
+
+
+def _definite(subject: str) -> str:
+    """How a later caption names the subject: ``a red fox`` -> ``the red fox``, ``Two kids`` -> ``the two kids``,
+    names unchanged."""
+    if _is_name(subject):
+        return subject
+    words = subject.split()
+    first = words[0].lower()
+    if first in ("a", "an", "one", "the"):
+        words = words[1:]
+    elif first in ("my", "our"):
+        return subject[:1].lower() + subject[1:]
+    else:
+        words = [first] + words[1:]
+    return "the " + " ".join(words)
 
 
 def _head_noun(subject: str) -> str:
@@ -539,29 +565,53 @@ def _capitalize(text: str) -> str:
     return text[:1].upper() + text[1:] if text else text
 
 
+_LEAD_RE = r"^((?:(?:then|next|finally|later|suddenly|eventually|meanwhile|now|afterwards|soon),?\s+)?)"
+
+
+def _resolve_subject(caption: str, subject: str) -> str:
+    """Name the main subject in full where the caption points to it by a pronoun or a short name."""
+    definite = _definite(subject)
+    has_appositive = "," in subject
+    if definite.lower() in caption.lower():
+        return caption
+    m = re.match(_LEAD_RE + r"(he|she|they|it|his|her|their|its)\b", caption, flags=re.I)
+    if m:
+        if _PRONOUNS[m.group(2).lower()] == "possessive":
+            owner = _definite(_name_part(subject)) if has_appositive else definite
+            replacement = owner + "'s"
+        else:
+            replacement = definite + ("," if has_appositive else "")
+        if m.start(2) == 0:
+            replacement = _capitalize(replacement)
+        return caption[: m.start(2)] + replacement + caption[m.end(2) :]
+    if _is_name(subject):
+        # "Mara turns around" -> "Detective Mara Quinn, a tall woman ..., turns around".
+        name = _name_part(subject).split()
+        lead = re.match(_LEAD_RE, caption, flags=re.I)
+        prefix_end = lead.end() if lead else 0
+        rest = caption[prefix_end:].split()
+        for size in range(len(name), 0, -1):
+            for start in range(len(name) - size + 1):
+                window = name[start : start + size]
+                if rest[:size] == window:
+                    replaced = " ".join([subject + ("," if has_appositive else "")] + rest[size:])
+                    return caption[:prefix_end] + replaced
+        return caption
+    head = _head_noun(subject)
+    bare = definite[4:]  # without "the "
+    if head and bare.lower() != head:
+        # "The girl kneels" -> "The girl in a yellow raincoat kneels": restore the full description once.
+        return re.sub(rf"\b([Tt]he) {re.escape(head)}\b", lambda m: f"{m.group(1)} {bare}", caption, count=1)
+    return caption
+
+
 def standalone_caption(
     text: str, *, subject: str = "", style: str = "", max_words: int = DEFAULT_MAX_CAPTION_TOKENS
 ) -> str:
     """Make one event's text a caption that stands alone (see the module docstring)."""
     caption = " ".join(text.split())
     if subject:
-        definite = re.sub(r"^(?:a|an|the|one)\s+", "", subject, flags=re.I)
-        head = _head_noun(subject)
-        # Leading pronoun, possibly after a sequence word: "Then she kneels" -> "Then the girl in ... kneels".
-        m = re.match(
-            r"^((?:(?:then|next|finally|later|suddenly|eventually|meanwhile|now|afterwards),?\s+)?)"
-            r"(he|she|they|it|his|her|their|its)\b",
-            caption,
-            flags=re.I,
-        )
-        if m:
-            kind = _PRONOUNS[m.group(2).lower()]
-            article = "The" if m.group(2)[0].isupper() else "the"
-            replacement = f"{article} {definite}" + ("'s" if kind == "possessive" else "")
-            caption = caption[: m.start(2)] + replacement + caption[m.end(2) :]
-        elif head and definite.lower() != head and definite.lower() not in caption.lower():
-            # "The girl kneels" -> "The girl in a yellow raincoat kneels": restore the full description once.
-            caption = re.sub(rf"\b([Tt]he) {re.escape(head)}\b", lambda m: f"{m.group(1)} {definite}", caption, count=1)
+        caption = _resolve_subject(caption, subject)
         caption = re.sub(r"\bthe same\s+", "the ", caption, flags=re.I)
     caption = _capitalize(caption.strip())
     suffix = ""
