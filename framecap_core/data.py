@@ -30,8 +30,11 @@ takes the caption of most of its pixel frames, through :meth:`framecap_core.time
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,13 +43,23 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DatasetError, TimelineError
+from .errors import DatasetError, FrameCapError, TimelineError
 from .fileio import atomic_path, atomic_write_text
 
 __all__ = [
     "CACHE_INDEX",
+    "BuildSummary",
     "CacheWriter",
     "ClipRecord",
+    "DatasetConfig",
+    "build_dataset",
+    "find_videos",
+    "gemini_annotator",
+    "load_annotations",
+    "merge_manifests",
+    "phash",
+    "plan_clips",
+    "probe_video",
     "LatentCache",
     "ManifestWriter",
     "build_latent_cache",
@@ -156,20 +169,19 @@ def read_manifest(path: str | os.PathLike) -> list[ClipRecord]:
 
 class ManifestWriter:
     """Append-only JSON Lines writer: each record is one ``write`` + ``flush`` + ``fsync``, so a killed build leaves
-    at most one torn last line, which :func:`read_manifest` skips and the next run redoes."""
+    at most one torn last line, which :func:`read_manifest` skips and the next writer cuts off and redoes."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.done: set[str] = set()
-        needs_newline = False
         if self.path.exists():
             self.done = {r.clip_id for r in read_manifest(self.path)}
             data = self.path.read_bytes()
-            needs_newline = bool(data) and not data.endswith(b"\n")
+            if data and not data.endswith(b"\n"):
+                # a torn last line from an interrupted append: cut it off (its clip is not in `done`, so it is redone)
+                os.truncate(self.path, data.rfind(b"\n") + 1)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        if needs_newline:
-            self._write("\n")
 
     def _write(self, text: str) -> None:
         self._file.write(text)
@@ -279,39 +291,6 @@ def _resize_center_crop(frame: np.ndarray, height: int, width: int) -> np.ndarra
         image = image.resize((new_w, new_h), Image.BICUBIC)
     top, left = (new_h - height) // 2, (new_w - width) // 2
     return np.asarray(image.crop((left, top, left + width, top + height)))
-
-
-def read_video_frames(path: str | os.PathLike, indices: Sequence[int]) -> dict[int, np.ndarray]:
-    """Decode the frames ``indices`` of a video in one sequential pass: ``{index: [H, W, 3] uint8}``.
-
-    Raises :class:`DatasetError` if the file cannot be decoded or ends before the last wanted frame.
-    """
-    import imageio.v2 as imageio
-
-    wanted = set(int(i) for i in indices)
-    last = max(wanted) if wanted else -1
-    frames: dict[int, np.ndarray] = {}
-    try:
-        reader = imageio.get_reader(os.fspath(path), "ffmpeg")
-    except Exception as exc:  # imageio raises many types for unreadable files
-        raise DatasetError(f"Cannot open video {str(path)!r}: {exc}. Check that it is a valid video file.") from None
-    try:
-        for i, frame in enumerate(reader):
-            if i in wanted:
-                frames[i] = np.asarray(frame)[..., :3]
-            if i >= last:
-                break
-    except Exception as exc:
-        raise DatasetError(f"Cannot decode video {str(path)!r} ({exc}); the file may be corrupt.") from None
-    finally:
-        reader.close()
-    missing = wanted - set(frames)
-    if missing:
-        raise DatasetError(
-            f"Video {str(path)!r} ended before frame {min(missing)} ({len(frames)} of {len(wanted)} wanted frames "
-            f"decoded); the file is truncated or its frame count is wrong."
-        )
-    return frames
 
 
 def read_clip_frames(record: ClipRecord, root: str | os.PathLike, height: int, width: int) -> np.ndarray:
@@ -650,3 +629,506 @@ def iter_chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Perceptual hash (near-duplicate detection)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    """Orthonormal DCT-II matrix ``D [n, n]``: ``D @ x`` is the DCT of ``x``."""
+    k = np.arange(n)[:, None]
+    i = np.arange(n)[None, :]
+    d = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    d[0] /= np.sqrt(2.0)
+    return d
+
+
+def phash(image: np.ndarray, *, size: int = 32, bits: int = 8) -> int:
+    """64-bit DCT perceptual hash of an ``[H, W, 3]`` (or ``[H, W]``) uint8 image.
+
+    Grayscale, resize to ``size x size``, 2-D DCT, keep the ``bits x bits`` lowest frequencies, set a bit where a
+    coefficient is above their median (the DC term excluded from the median). Similar images differ in few bits.
+    """
+    from PIL import Image
+
+    gray = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("L").resize((size, size), Image.BILINEAR)
+    pixels = np.asarray(gray, dtype=np.float64)
+    d = _dct_matrix(size)
+    low = (d @ pixels @ d.T)[:bits, :bits].ravel()
+    median = np.median(low[1:])
+    value = 0
+    for bit in low > median:
+        value = (value << 1) | int(bit)
+    return value
+
+
+def hamming(a: int, b: int) -> int:
+    return bin(a ^ b).count("1")
+
+
+def video_distance(a: Sequence[int], b: Sequence[int]) -> float:
+    """Mean Hamming distance between two videos' frame hashes taken at the same relative positions."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return float("inf")
+    return sum(hamming(x, y) for x, y in zip(a[:n], b[:n])) / n
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Dataset construction (paper section 3)
+# --------------------------------------------------------------------------------------------------------------------
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+
+
+@dataclass
+class DatasetConfig:
+    """Every number of the paper's construction recipe (section 3), with its values as defaults.
+
+    Attributes:
+        min_duration_s: keep source videos longer than this (paper: 10 minutes).
+        trim_fraction: drop this fraction at the start and at the end (paper: 10%).
+        num_segments: split the rest into this many equal segments, one clip each (paper: 4).
+        clip_seconds: clip length (paper: 8 s), cut from the middle of its segment.
+        sample_fps / sample_every: annotate every ``sample_every``-th frame at ``sample_fps`` (paper: every 8th at
+            24 fps, 24 frames per clip); for other source rates the same instants are used.
+        fps: training frame rate of the clip's frames (Wan: 16); a clip holds the largest ``4k+1`` frames that fit.
+        phash_frames: frames hashed per video; phash_threshold: mean Hamming distance (of 64 bits) at or below
+            which a video is a near-duplicate of an earlier one and dropped.
+        max_side: longest side of the images sent for annotation.
+    """
+
+    min_duration_s: float = 600.0
+    trim_fraction: float = 0.1
+    num_segments: int = 4
+    clip_seconds: float = 8.0
+    sample_fps: float = 24.0
+    sample_every: int = 8
+    fps: int = 16
+    phash_frames: int = 8
+    phash_threshold: float = 10.0
+    max_side: int = 768
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.min_duration_s >= 0, "min_duration_s must be >= 0"),
+            (0 <= self.trim_fraction < 0.5, "trim_fraction must be in [0, 0.5)"),
+            (isinstance(self.num_segments, int) and self.num_segments >= 1, "num_segments must be an integer >= 1"),
+            (self.clip_seconds > 0, "clip_seconds must be > 0"),
+            (self.sample_fps > 0 and isinstance(self.sample_every, int) and self.sample_every >= 1,
+             "sample_fps must be > 0 and sample_every an integer >= 1"),
+            (isinstance(self.fps, int) and self.fps >= 1, "fps must be an integer >= 1"),
+            (isinstance(self.phash_frames, int) and self.phash_frames >= 1, "phash_frames must be an integer >= 1"),
+            (self.phash_threshold >= 0, "phash_threshold must be >= 0 (0 drops only identical hashes)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DatasetError(f"{message}; see framecap_core.data.DatasetConfig for the paper's values.")
+        if self.train_frames < 1:
+            raise DatasetError(f"clip_seconds={self.clip_seconds} at fps={self.fps} gives no training frame.")
+
+    @property
+    def train_frames(self) -> int:
+        """Training frames per clip: the largest ``4k + 1`` not above ``clip_seconds * fps`` (8 s at 16 -> 125)."""
+        n = int(math.floor(self.clip_seconds * self.fps + 1e-9))
+        return (n - 1) // 4 * 4 + 1 if n >= 1 else 0
+
+
+@dataclass
+class VideoInfo:
+    path: str
+    fps: float
+    num_frames: int
+    width: int
+    height: int
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps
+
+
+@dataclass
+class BuildSummary:
+    """What a :func:`build_dataset` run did (also printed as :meth:`report`)."""
+
+    videos: int = 0
+    corrupt: list[str] = field(default_factory=list)
+    too_short: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)  # "path (duplicate of other)"
+    other_shards: int = 0
+    clips_written: int = 0
+    clips_done_before: int = 0
+    clips_failed: list[str] = field(default_factory=list)
+    clips_planned: int = 0
+
+    def report(self) -> str:
+        lines = [
+            f"videos found: {self.videos}",
+            f"  unreadable (skipped): {len(self.corrupt)}",
+            f"  shorter than the minimum: {len(self.too_short)}",
+            f"  near-duplicates dropped: {len(self.duplicates)}",
+            f"  in other shards: {self.other_shards}",
+            f"clips written: {self.clips_written}",
+            f"clips already in the manifest: {self.clips_done_before}",
+            f"clips failed (retried on the next run): {len(self.clips_failed)}",
+        ]
+        if self.clips_planned:
+            lines.append(f"clips planned: {self.clips_planned}")
+        for item in self.corrupt:
+            lines.append(f"  unreadable: {item}")
+        for item in self.clips_failed:
+            lines.append(f"  failed: {item}")
+        return "\n".join(lines)
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Frame rate, frame count and size of a video, or :class:`DatasetError` if it cannot be read."""
+    import imageio.v2 as imageio
+
+    try:
+        reader = imageio.get_reader(os.fspath(path), "ffmpeg")
+        try:
+            meta = reader.get_meta_data()
+        finally:
+            reader.close()
+    except Exception as exc:
+        raise DatasetError(f"Cannot read video {str(path)!r} ({str(exc).splitlines()[0] if str(exc) else exc!r}).") from None
+    fps = float(meta.get("fps") or 0)
+    duration = float(meta.get("duration") or 0)
+    size = meta.get("size") or (0, 0)
+    if not (fps > 0 and duration > 0 and math.isfinite(duration)):
+        raise DatasetError(f"Video {str(path)!r} reports fps={fps} and duration={duration}; it is not a usable video.")
+    return VideoInfo(str(path), fps, int(math.floor(duration * fps + 1e-6)), int(size[0]), int(size[1]))
+
+
+def read_video_frames(path: str | os.PathLike, indices: Iterable[int]) -> dict[int, np.ndarray]:
+    """Frames at ``indices`` of a video: ``{index: [H, W, 3] uint8}``.
+
+    Indices are visited in increasing order; ffmpeg reads forward over short gaps and seeks over long ones, so a
+    few clips of a long video cost about their own length. Raises :class:`DatasetError` for an unreadable file or
+    one that ends early.
+    """
+    import imageio.v2 as imageio
+
+    wanted = sorted(set(int(i) for i in indices))
+    frames: dict[int, np.ndarray] = {}
+    try:
+        reader = imageio.get_reader(os.fspath(path), "ffmpeg")
+    except Exception as exc:
+        raise DatasetError(f"Cannot open video {str(path)!r}: {exc}.") from None
+    try:
+        for i in wanted:
+            frames[i] = np.asarray(reader.get_data(i))[..., :3]
+    except IndexError:
+        raise DatasetError(
+            f"Video {str(path)!r} ended before frame {i} ({len(frames)} of {len(wanted)} frames decoded); it is "
+            f"truncated or reports a wrong length."
+        ) from None
+    except Exception as exc:
+        raise DatasetError(f"Cannot decode video {str(path)!r} at frame {i} ({exc}); the file may be corrupt.") from None
+    finally:
+        reader.close()
+    return frames
+
+
+@dataclass
+class ClipPlan:
+    clip_id: str
+    source: str
+    source_fps: float
+    segment: int
+    start_frame: int
+    end_frame: int
+    sample_frames: list[int]
+    timestamps: list[float]  # seconds from the clip start, one per sample frame
+    frame_indices: list[int]
+    fps: int
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:40] or "video"
+
+
+def clip_id_for(path: str | os.PathLike, segment: int) -> str:
+    """Stable clip id: file stem, 8 hex digits of the absolute path's SHA-1, segment number."""
+    resolved = str(Path(path).resolve())
+    return f"{_slug(Path(path).stem)}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}-s{segment}"
+
+
+def plan_clips(info: VideoInfo, config: DatasetConfig) -> list[ClipPlan]:
+    """The clips of one video (paper section 3), from its frame rate and length alone.
+
+    Frames ``[trim * F, (1 - trim) * F)`` are split into ``num_segments`` equal segments; each gives one clip of
+    ``round(clip_seconds * source_fps)`` frames centred in it (segments shorter than a clip give none). Sample
+    frames are at ``k * sample_every / sample_fps`` seconds, training frames at ``i / fps`` seconds from the clip
+    start (rounded to the nearest source frame).
+    """
+    total = info.num_frames
+    first = int(math.floor(total * config.trim_fraction))
+    last = int(math.ceil(total * (1.0 - config.trim_fraction)))
+    span = last - first
+    length = int(round(config.clip_seconds * info.fps))
+    step = config.sample_every / config.sample_fps
+    num_samples = int(math.floor(config.clip_seconds / step - 1e-9)) + 1
+    plans = []
+    for k in range(config.num_segments):
+        seg_start = first + (span * k) // config.num_segments
+        seg_end = first + (span * (k + 1)) // config.num_segments
+        if seg_end - seg_start < length or length < 1:
+            continue
+        start = seg_start + (seg_end - seg_start - length) // 2
+        end = start + length
+        times = [j * step for j in range(num_samples)]
+        samples = [min(end - 1, start + int(round(t * info.fps))) for t in times]
+        frames = [min(end - 1, start + int(round(i * info.fps / config.fps))) for i in range(config.train_frames)]
+        plans.append(ClipPlan(clip_id_for(info.path, k), info.path, info.fps, k, start, end, samples, times, frames,
+                              config.fps))
+    return plans
+
+
+Annotator = Callable[[list[np.ndarray], list[float]], tuple[list[str], str]]
+"""``(images [S] of [H, W, 3] uint8, timestamps [S] in seconds) -> (captions [S], global caption)``."""
+
+
+def gemini_annotator(*, model: str | None = None, base_url: str | None = None, max_side: int = 768,
+                     max_caption_tokens: int | None = None, **options: Any) -> Annotator:
+    """An :data:`Annotator` over :func:`framecap_core.prompting.annotate_frames` (the shared annotation template,
+    frames sent as images, adaptive shared / independent captions). The key comes from ``GEMINI_API_KEY``."""
+    from .prompting import DEFAULT_MODEL, GeminiOptions, annotate_frames
+
+    gemini = GeminiOptions(model=model or DEFAULT_MODEL, base_url=base_url, **options)
+    kwargs: dict[str, Any] = {"max_side": max_side, "options": gemini, "model": gemini.model}
+    if max_caption_tokens is not None:
+        kwargs["max_caption_tokens"] = max_caption_tokens
+
+    def annotate(images: list[np.ndarray], timestamps: list[float]) -> tuple[list[str], str]:
+        result = annotate_frames(images, timestamps=timestamps, **kwargs)
+        return list(result.captions), result.video_caption
+
+    return annotate
+
+
+def load_annotations(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Captions made elsewhere: JSON Lines (or a JSON list) of ``{"clip_id": ..., "captions": [...],
+    "global_caption": ...}``; instead of ``clip_id`` a line may give ``"source"`` (file name or path) and
+    ``"segment"``. A single caption is used for every sample frame. Returns lookup keys -> entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"Annotations file {str(path)!r} does not exist.")
+    text = path.read_text(encoding="utf-8").strip()
+    entries: list[Any]
+    if text.startswith("["):
+        entries = json.loads(text)
+    else:
+        entries = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    entries.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DatasetError(f"{path}:{number}: invalid JSON ({exc.msg}).") from None
+    table: dict[str, dict[str, Any]] = {}
+    for number, entry in enumerate(entries, 1):
+        if not isinstance(entry, dict) or "captions" not in entry:
+            raise DatasetError(f"{path} entry {number} needs a 'captions' list (and a clip_id or source + segment).")
+        captions = entry["captions"]
+        if isinstance(captions, str):
+            captions = [captions]
+        if not captions or not all(isinstance(c, str) and c.strip() for c in captions):
+            raise DatasetError(f"{path} entry {number}: captions must be non-empty strings.")
+        entry = {**entry, "captions": captions}
+        if "clip_id" in entry:
+            table[str(entry["clip_id"])] = entry
+        elif "source" in entry and "segment" in entry:
+            table[f"{Path(str(entry['source'])).name}#{int(entry['segment'])}"] = entry
+        else:
+            raise DatasetError(f"{path} entry {number} has neither clip_id nor source + segment.")
+    return table
+
+
+def _annotation_for(table: dict[str, dict[str, Any]], plan: ClipPlan) -> tuple[list[str], str] | None:
+    entry = table.get(plan.clip_id) or table.get(f"{Path(plan.source).name}#{plan.segment}")
+    if entry is None:
+        return None
+    captions = list(entry["captions"])
+    if len(captions) == 1:
+        captions = captions * len(plan.sample_frames)
+    if len(captions) != len(plan.sample_frames):
+        raise DatasetError(
+            f"the annotations give {len(captions)} captions but the clip has {len(plan.sample_frames)} sample "
+            f"frames; give one caption per sample frame (see the plan file) or a single caption."
+        )
+    return captions, str(entry.get("global_caption") or entry.get("video_caption") or captions[0])
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a torn last line
+    return out
+
+
+def find_videos(inputs: Iterable[str | os.PathLike], extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[Path]:
+    """Video files under ``inputs`` (files or folders, searched recursively), sorted, without repeats."""
+    found: set[Path] = set()
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found.update(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+        elif path.is_file():
+            found.add(path)
+        else:
+            raise DatasetError(f"{str(path)!r} is neither a video file nor a folder.")
+    return sorted(found, key=lambda p: str(p))
+
+
+def build_dataset(
+    inputs: Iterable[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    *,
+    config: DatasetConfig | None = None,
+    annotator: Annotator | None = None,
+    annotations: str | os.PathLike | None = None,
+    shard: tuple[int, int] = (0, 1),
+    plan_only: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> BuildSummary:
+    """Build (or continue building) a frame-level dataset manifest from source videos (paper section 3).
+
+    Steps: probe every video (unreadable ones logged and skipped) and keep those longer than ``min_duration_s``;
+    hash ``phash_frames`` frames of each and drop near-duplicates of an earlier video (every shard hashes every
+    video, so all shards agree on what is a duplicate; hashes are cached in ``phash.jsonl``); the kept videos of
+    this shard (``i``-th of every ``n``) are cut into clips (:func:`plan_clips`), their sample frames decoded and
+    annotated (by ``annotations`` when it has the clip, else by ``annotator``), and each clip appended to
+    ``manifest.jsonl`` (``manifest.<i>-of-<n>.jsonl`` when sharded) with an fsync. Clips already in the manifest
+    are skipped, so a rerun continues where a stopped one ended; clips whose annotation fails are logged and
+    retried on the next run.
+
+    With ``plan_only`` nothing is annotated: ``plan.jsonl`` lists every clip (id, source, segment, sample frames
+    and timestamps) for annotating elsewhere and bringing back with ``annotations``.
+    """
+    from tqdm.auto import tqdm
+
+    config = config or DatasetConfig()
+    index_no, count = shard
+    if not (isinstance(index_no, int) and isinstance(count, int) and 0 <= index_no < count):
+        raise DatasetError(f"shard must be i/n with 0 <= i < n, got {index_no}/{count}.")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if count == 1 else f".{index_no}-of-{count}"
+    table = load_annotations(annotations) if annotations else {}
+    if annotator is None and not table and not plan_only:
+        annotator = gemini_annotator(max_side=config.max_side)
+    summary = BuildSummary()
+    videos = find_videos(inputs)
+    summary.videos = len(videos)
+
+    # 1. probe + perceptual hashes of every video (cached; the same in every shard)
+    hash_path = out / f"phash{suffix}.jsonl"
+    cached = {(r["path"], r["size"], r["mtime"]): r for r in _read_jsonl(hash_path)}
+    kept: list[tuple[VideoInfo, list[int]]] = []
+    for path in tqdm(videos, desc="probing videos", disable=not progress, unit="video"):
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        entry = cached.get(key)
+        if entry is None:
+            entry = {"path": key[0], "size": key[1], "mtime": key[2]}
+            try:
+                info = probe_video(path)
+                entry["info"] = asdict(info)
+                if info.duration > config.min_duration_s:
+                    first = int(info.num_frames * config.trim_fraction)
+                    last = max(first + 1, int(info.num_frames * (1 - config.trim_fraction)))
+                    picks = [first + (last - first) * (2 * j + 1) // (2 * config.phash_frames)
+                             for j in range(config.phash_frames)]
+                    frames = read_video_frames(path, picks)
+                    entry["hashes"] = [phash(frames[i]) for i in picks]
+            except DatasetError as exc:
+                entry["error"] = str(exc)
+            _append_jsonl(hash_path, entry)
+        if "error" in entry:
+            summary.corrupt.append(f"{path}: {entry['error']}")
+            log(f"skipping unreadable video {path}: {entry['error']}")
+            continue
+        info = VideoInfo(**{**entry["info"], "path": str(path)})
+        if info.duration <= config.min_duration_s:
+            summary.too_short.append(str(path))
+            continue
+        hashes = entry["hashes"]
+        twin = next((v for v, h in kept if video_distance(h, hashes) <= config.phash_threshold), None)
+        if twin is not None:
+            summary.duplicates.append(f"{path} (duplicate of {twin.path})")
+            continue
+        kept.append((info, hashes))
+
+    # 2. clips of this shard's videos: plan, annotate, append
+    mine = [info for i, (info, _) in enumerate(kept) if i % count == index_no]
+    summary.other_shards = len(kept) - len(mine)
+    if plan_only:
+        lines = []
+        for info in mine:
+            for plan in plan_clips(info, config):
+                lines.append(json.dumps(asdict(plan), ensure_ascii=False))
+        atomic_write_text(out / f"plan{suffix}.jsonl", "".join(line + "\n" for line in lines))
+        summary.clips_planned = len(lines)
+        return summary
+    with ManifestWriter(out / f"manifest{suffix}.jsonl") as writer:
+        for info in tqdm(mine, desc="annotating clips", disable=not progress, unit="video"):
+            plans = plan_clips(info, config)
+            todo = [p for p in plans if p.clip_id not in writer.done]
+            summary.clips_done_before += len(plans) - len(todo)
+            if not todo:
+                continue
+            try:
+                frames = read_video_frames(info.path, [i for p in todo for i in p.sample_frames])
+            except DatasetError as exc:
+                summary.corrupt.append(f"{info.path}: {exc}")
+                log(f"skipping unreadable video {info.path}: {exc}")
+                continue
+            for plan in todo:
+                try:
+                    found = _annotation_for(table, plan)
+                    if found is None:
+                        if annotator is None:
+                            raise DatasetError("no annotation for this clip in the annotations file")
+                        found = annotator([frames[i] for i in plan.sample_frames], list(plan.timestamps))
+                    captions, global_caption = found
+                    record = ClipRecord(
+                        clip_id=plan.clip_id, source=str(Path(plan.source).resolve()), source_fps=plan.source_fps,
+                        start_frame=plan.start_frame, end_frame=plan.end_frame, sample_frames=plan.sample_frames,
+                        captions=list(captions), frame_indices=plan.frame_indices, fps=plan.fps,
+                        global_caption=global_caption, segment=plan.segment,
+                    )
+                except FrameCapError as exc:
+                    summary.clips_failed.append(f"{plan.clip_id}: {exc}")
+                    log(f"clip {plan.clip_id} failed: {exc}")
+                    continue
+                writer.append(record)
+                summary.clips_written += 1
+    return summary
+
+
+def merge_manifests(paths: Iterable[str | os.PathLike], output: str | os.PathLike) -> int:
+    """Concatenate shard manifests (``manifest.<i>-of-<n>.jsonl``) into one, atomically; returns the clip count."""
+    records: dict[str, ClipRecord] = {}
+    for path in paths:
+        for record in read_manifest(path):
+            records.setdefault(record.clip_id, record)
+    atomic_write_text(output, "".join(r.to_json() + "\n" for r in records.values()))
+    return len(records)
