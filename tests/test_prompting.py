@@ -84,6 +84,17 @@ def test_possessive_sentence_continues_and_short_detail_joins_neighbour():
     assert texts[2].startswith("Finally")
 
 
+def test_sentence_splitting_edge_cases():
+    texts = [
+        e.text for e in split_story("Dr. Chen walks into the lab at St. Mary's hospital. She opens the fridge.").events
+    ]
+    assert texts == ["Dr. Chen walks into the lab at St. Mary's hospital.", "She opens the fridge."]
+    texts = [e.text for e in split_story("A cat sleeps on a sofa\nA dog barks at the door\n\nRain falls.").events]
+    assert texts == ["A cat sleeps on a sofa", "A dog barks at the door", "Rain falls."]
+    texts = [e.text for e in split_story("The price is 3.5 dollars. Then the man pays.").events]
+    assert texts == ["The price is 3.5 dollars.", "Then the man pays."]
+
+
 def test_standalone_captions_resolve_pronouns_restore_subject_and_add_style():
     parts = split_story(FOX)
     captions = [standalone_caption(e.text, subject=parts.subject, style=parts.style) for e in parts.events]

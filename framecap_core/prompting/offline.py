@@ -2,17 +2,21 @@
 
 Steps, each a small function:
 
-1. :func:`split_story` cuts the story into *events*: sentences, and clauses joined by ``; then`` / ``, and then``;
-   a piece opens a new event when it starts with a sequence word (then, next, finally, meanwhile, ...), a camera
-   move (the camera pans / follows / pulls back ...), a scene change (the scene cuts to ..., cut to), or a new
-   subject (``A heron ...``); a piece that starts with a pronoun (``It``, ``Its``, ``She``) or ``The same ...``
-   continues the event before it. Style-only sentences (``Cinematic, 35mm film.``) are set aside as the style.
+1. :func:`split_story` cuts the story into *events*: sentences, and clauses joined by ``; then`` / ``, and then``.
+   :func:`event_opening` sorts each piece: *strong* when it opens with a sequence word (then, next, finally,
+   meanwhile, as, in the distance, ...) or a camera move / scene change (the camera pans / follows / pulls back,
+   the scene cuts to, cut to); *continue* when it opens with a possessive or demonstrative (``Its surface ...``,
+   ``These ...``), which joins the event before it; *weak* otherwise (a new sentence about something named anew).
+   A weak piece much shorter than the story's typical sentence (under ``min_event_words`` and half the median),
+   unless a character pronoun leads it (``She sits.``), is a detail of a neighbour and joins the next event, or the previous one when the next opens strongly.
+   Style-only sentences (``Cinematic, 35mm film.``) and style phrases (``in the style of ...``) become the style.
 2. :func:`allocate_latents` gives every event a share of the video's latent frames in proportion to its words, at
-   least ``min_scene_latents`` each (merging the shortest neighbours when the video is too short for all), so scene
-   boundaries fall on whole latents (pixel frame ``4j - 3`` for latent ``j``).
-3. :func:`standalone_caption` makes each caption stand alone: a leading pronoun becomes the main subject
-   (``She kneels`` -> ``The girl in a yellow raincoat kneels``), ``the girl`` gets its full description back, the
-   style is appended, and the caption is cut to ``max_caption_tokens`` words at a clause boundary.
+   least ``min_scene_seconds`` (in whole latents) each, merging the shortest neighbours when the video is too short
+   for all, so scene boundaries fall on whole latents (pixel frame ``4j - 3`` for latent ``j``).
+3. :func:`standalone_caption` makes each caption stand alone: a leading pronoun or short name becomes the main
+   subject of the first sentence in full (``She kneels`` -> ``The girl in a yellow raincoat kneels``, ``Mara
+   turns`` -> ``Detective Mara Quinn, a tall woman in a grey coat, turns``), ``the girl`` gets its description
+   back, the style is appended, and the caption is cut to ``max_caption_tokens`` words at a clause boundary.
 """
 
 from __future__ import annotations
@@ -83,48 +87,12 @@ _SEQUENCE_WORDS = (
     "cut to",
 )
 _CAMERA_NOUNS = ("camera", "shot", "view", "lens", "frame", "scene", "perspective", "angle", "focus")
-_CAMERA_VERBS = (
-    "pan",
-    "move",
-    "follow",
-    "pull",
-    "push",
-    "zoom",
-    "tilt",
-    "track",
-    "shift",
-    "cut",
-    "switch",
-    "change",
-    "transition",
-    "dolly",
-    "rise",
-    "descend",
-    "orbit",
-    "circle",
-    "swing",
-    "turn",
-    "glide",
-    "sweep",
-    "reveal",
-    "continue",
-    "return",
-    "arrive",
-    "enter",
-    "focus",
-    "fade",
-    "open",
-    "begin",
-    "start",
-    "end",
-    "capture",
-    "hover",
-    "delve",
-    "draw",
-    "approach",
-    "close",
-    "show",
-    "linger",
+_CAMERA_VERBS = tuple(
+    (
+        "pan move follow pull push zoom tilt track shift cut switch change transition dolly rise descend "
+        "orbit circle swing turn glide sweep reveal continue return arrive enter focus fade open begin start "
+        "end capture hover delve draw approach close show linger "
+    ).split()
 )
 _PRONOUNS = {
     "he": "subject",
@@ -139,82 +107,15 @@ _PRONOUNS = {
 # Possessives and demonstratives describe what the previous sentence showed ("Its surface glistens"); a subject
 # pronoun usually starts a new action ("She turns around") and is left to the other rules.
 _CONTINUATION_RE = re.compile(r"^(?:its|their|this|these|those|the same|there)\b", re.I)
-_STYLE_WORDS = {
-    "cinematic",
-    "photorealistic",
-    "realistic",
-    "hyperrealistic",
-    "anime",
-    "cartoon",
-    "watercolor",
-    "watercolour",
-    "oil",
-    "painting",
-    "pixar",
-    "claymation",
-    "ghibli",
-    "noir",
-    "4k",
-    "8k",
-    "hdr",
-    "35mm",
-    "film",
-    "grain",
-    "lighting",
-    "style",
-    "shot",
-    "lens",
-    "bokeh",
-    "vintage",
-    "retro",
-    "black",
-    "white",
-    "monochrome",
-    "pastel",
-    "vibrant",
-    "colors",
-    "colours",
-    "high",
-    "detail",
-    "detailed",
-    "quality",
-    "resolution",
-    "render",
-    "3d",
-    "2d",
-    "illustration",
-    "sketch",
-    "pencil",
-    "aesthetic",
-    "look",
-    "mood",
-    "tone",
-    "and",
-    "with",
-    "in",
-    "the",
-    "of",
-    "a",
-    "on",
-    "shallow",
-    "depth",
-    "field",
-    "soft",
-    "warm",
-    "cold",
-    "golden",
-    "hour",
-    "dramatic",
-    "moody",
-    "studio",
-    "filmic",
-    "ultra",
-    "sharp",
-    "wide",
-    "angle",
-    "macro",
-    "handheld",
-}
+_STYLE_WORDS = frozenset(
+    (
+        "cinematic photorealistic realistic hyperrealistic anime cartoon watercolor watercolour oil painting "
+        "pixar claymation ghibli noir 4k 8k hdr 35mm film grain lighting style shot lens bokeh vintage retro "
+        "black white monochrome pastel vibrant colors colours high detail detailed quality resolution render "
+        "3d 2d illustration sketch pencil aesthetic look mood tone and with in the of a on shallow depth "
+        "field soft warm cold golden hour dramatic moody studio filmic ultra sharp wide angle macro handheld "
+    ).split()
+)
 _STYLE_PHRASE_RE = re.compile(
     r"\b(?:in (?:the|a|an) (?:style of [\w' -]+|[\w' -]{1,30}? style)|[\w-]+ style|style of [\w' -]+)", re.I
 )
@@ -488,7 +389,9 @@ def split_story(story: str, *, min_event_words: int = DEFAULT_MIN_EVENT_WORDS) -
     index = 0
     while len(events) > 1 and index < len(events):
         start, end, opening = events[index]
-        short = len(_lower_words(story[start:end])) < threshold
+        words = _lower_words(story[start:end])
+        # "She opens the fridge." is a character's next action, however short: keep it.
+        short = len(words) < threshold and words[0] not in ("he", "she", "they")
         if short and opening != "strong":
             if index + 1 < len(events) and events[index + 1][2] != "strong":
                 events[index + 1][0] = start
