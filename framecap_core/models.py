@@ -494,7 +494,7 @@ def _transformer_state_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str,
     """Strip ComfyUI prefixes and convert original Wan names to diffusers' (diffusers names pass through)."""
     prefix = _strip_prefix(state.keys(), _TRANSFORMER_PREFIXES)
     if prefix:
-        state = {k[len(prefix):]: v for k, v in state.items()}
+        state = {k.removeprefix(prefix): v for k, v in state.items()}
     original = any(k.startswith(("head.", "time_embedding.", "text_embedding.")) or ".self_attn." in k for k in state)
     if original:
         from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
@@ -506,7 +506,7 @@ def _transformer_state_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str,
 def _vae_state_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     prefix = _strip_prefix(state.keys(), ("vae.", "first_stage_model."))
     if prefix:
-        state = {k[len(prefix):]: v for k, v in state.items()}
+        state = {k.removeprefix(prefix): v for k, v in state.items()}
     if any(k.startswith(("decoder.middle.", "encoder.downsamples.", "decoder.upsamples.")) for k in state):
         from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
@@ -662,7 +662,7 @@ def load_tokenizer(path: str | os.PathLike):
 def _text_state_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     prefix = _strip_prefix(state.keys(), _TEXT_PREFIXES)
     if prefix:
-        state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+        state = {k.removeprefix(prefix): v for k, v in state.items()}
     state = dequantize_scaled_fp8(state, torch.float32) if _has_fp8(state) or "scaled_fp8" in state else state
     state = {k: v for k, v in state.items() if k != "spiece_model" and not k.startswith("logit_scale")}
     # UMT5EncoderModel ties encoder.embed_tokens to shared: files carry one or the other.

@@ -368,12 +368,45 @@ def _save(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str
     return Path(path)
 
 
+def quantize_scaled_fp8(state: dict[str, torch.Tensor], select) -> dict[str, torch.Tensor]:
+    """ComfyUI's ``*_fp8_e4m3fn_scaled`` layout: every tensor named by ``select(name)`` is stored as
+    ``float8_e4m3fn(W / s)`` with ``s = max|W| / 448`` in ``<name minus "weight">scale_weight`` (float32 scalar);
+    an empty float8 ``scaled_fp8`` tensor marks the file. Other tensors are returned unchanged."""
+    fp8 = torch.float8_e4m3fn
+    fp8_max = torch.finfo(fp8).max
+    out = dict(state)
+    for key, value in state.items():
+        if not select(key):
+            continue
+        weight = value.detach().float().cpu()
+        scale = (weight.abs().max() / fp8_max).clamp(min=1e-12)
+        out[key] = (weight / scale).clamp(-fp8_max, fp8_max).to(fp8).contiguous()
+        out[key[: -len("weight")] + "scale_weight"] = scale.reshape(()).to(torch.float32)
+    out["scaled_fp8"] = torch.empty(0, dtype=fp8)
+    return out
+
+
+def _is_quantizable_wan_weight(key: str) -> bool:
+    # Linear weights of the blocks (attention projections and FFN), as fp8 Wan releases quantize them.
+    return re.search(r"blocks\.\d+\.(self_attn|cross_attn)\.[qkvo]\.weight$|blocks\.\d+\.ffn\.[02]\.weight$", key) is not None
+
+
 def write_original_transformer(
-    transformer, path: str | Path, *, dtype: torch.dtype = torch.float16, prefix: str = "model.diffusion_model."
+    transformer,
+    path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float16,
+    prefix: str = "model.diffusion_model.",
+    fp8_scaled: bool = False,
 ) -> Path:
-    """Write a ComfyUI / original-Wan single-file transformer (``wan2.1_t2v_1.3B_fp16.safetensors`` style)."""
-    state = transformer_to_original_keys(transformer.state_dict(), prefix=prefix)
-    return _save(_contiguous(state, dtype), path)
+    """Write a ComfyUI / original-Wan single-file transformer (``wan2.1_t2v_1.3B_fp16.safetensors`` style);
+    ``fp8_scaled=True`` stores the block linear weights as scaled float8 (see :func:`quantize_scaled_fp8`)."""
+    state = _contiguous(transformer_to_original_keys(transformer.state_dict(), prefix=prefix), dtype)
+    if fp8_scaled:
+        originals = transformer_to_original_keys(transformer.state_dict(), prefix=prefix)
+        quantized = quantize_scaled_fp8(originals, _is_quantizable_wan_weight)
+        state.update({k: v for k, v in quantized.items() if k not in state or _is_quantizable_wan_weight(k)})
+    return _save(state, path)
 
 
 def write_original_vae(vae, path: str | Path, *, dtype: torch.dtype | None = None) -> Path:
@@ -396,24 +429,15 @@ def write_comfy_umt5(
 ) -> Path:
     """Write a ComfyUI UMT5 single file: HF T5 key names plus the tokenizer as a uint8 ``spiece_model`` tensor.
 
-    ``fp8_scaled=True`` writes the ``umt5_xxl_fp8_e4m3fn_scaled`` layout: every linear weight ``W`` is stored as
-    ``float8_e4m3fn(W / s)`` with ``s = max|W| / 448`` in ``<name>.scale_weight`` (float32 scalar), and an empty
-    float8 ``scaled_fp8`` marker tensor; the rest is stored in ``dtype``.
+    ``fp8_scaled=True`` writes the ``umt5_xxl_fp8_e4m3fn_scaled`` layout (linear weights as scaled float8, see
+    :func:`quantize_scaled_fp8`); the rest is stored in ``dtype``.
     """
     state = dict(text_encoder.state_dict())
     state.pop("encoder.embed_tokens.weight", None)  # tied to shared.weight
     tensors = _contiguous(state, dtype)
     if fp8_scaled:
-        fp8 = torch.float8_e4m3fn
-        fp8_max = torch.finfo(fp8).max
-        for key in list(tensors):
-            if not _is_quantizable_t5_weight(key):
-                continue
-            weight = state[key].detach().float().cpu()
-            scale = (weight.abs().max() / fp8_max).clamp(min=1e-12)
-            tensors[key] = (weight / scale).clamp(-fp8_max, fp8_max).to(fp8).contiguous()
-            tensors[key[: -len("weight")] + "scale_weight"] = scale.reshape(()).to(torch.float32)
-        tensors["scaled_fp8"] = torch.empty(0, dtype=fp8)
+        quantized = quantize_scaled_fp8(state, _is_quantizable_t5_weight)
+        tensors.update({k: v.contiguous() for k, v in quantized.items() if k not in tensors or _is_quantizable_t5_weight(k)})
     spiece = tiny_spiece_model() if spiece is None else spiece
     tensors["spiece_model"] = torch.frombuffer(bytearray(spiece), dtype=torch.uint8).clone()
     return _save(tensors, path)
@@ -446,6 +470,7 @@ SINGLE_FILE_NAMES = {
     "vae": "wan_2.1_vae.safetensors",
     "umt5_fp16": "umt5_xxl_fp16.safetensors",
     "umt5_fp8_scaled": "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+    "transformer_fp8_scaled": "wan2.1_t2v_1.3B_fp8_e4m3fn_scaled.safetensors",
 }
 
 FORMATS = ("diffusers", "comfy")
@@ -493,6 +518,9 @@ def save_tiny_wan(
         )
         written["transformer_noprefix"] = write_original_transformer(
             components.transformer, comfy / names["transformer_noprefix"], dtype=torch.float16, prefix=""
+        )
+        written["transformer_fp8_scaled"] = write_original_transformer(
+            components.transformer, comfy / names["transformer_fp8_scaled"], dtype=torch.float16, fp8_scaled=True
         )
         written["vae"] = write_original_vae(components.vae, comfy / names["vae"])
         written["umt5_fp16"] = write_comfy_umt5(components.text_encoder, comfy / names["umt5_fp16"])

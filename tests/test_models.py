@@ -203,10 +203,7 @@ def test_umt5_fp8_scaled_within_quantization_tolerance(tiny_wan, written):
     for name, value in encoder.state_dict().items():
         ref = original[name]
         if tiny._is_quantizable_t5_weight(name):
-            scale = ref.abs().max() / torch.finfo(torch.float8_e4m3fn).max
-            # e4m3: 3 mantissa bits -> relative rounding error <= 2^-4 for normals, absolute <= 2^-10 * scale below
-            bound = ref.abs() * 2**-4 + scale * 2**-9
-            assert ((value - ref).abs() <= bound + 1e-7).all(), name
+            _assert_within_fp8(value, ref, name)
             changed += int(not torch.equal(value, ref))
         else:
             assert torch.equal(value, ref.half().float()), name
@@ -218,10 +215,34 @@ def test_umt5_fp8_scaled_within_quantization_tolerance(tiny_wan, written):
     assert (a - b).abs().max() < 0.15 * a.abs().max()
 
 
+def _assert_within_fp8(value, ref, name):
+    scale = ref.abs().max() / torch.finfo(torch.float8_e4m3fn).max
+    # e4m3: 3 mantissa bits -> relative rounding error <= 2^-4 for normals, absolute <= 2^-10 * scale below
+    bound = ref.abs() * 2**-4 + scale * 2**-9
+    assert ((value - ref).abs() <= bound + 1e-7).all(), name
+
+
+def test_transformer_fp8_scaled(tiny_wan, written):
+    transformer = models.load_transformer(written["transformer_fp8_scaled"], config=written["diffusers"], dtype="fp32")
+    original = tiny_wan.transformer.state_dict()
+    quantized = 0
+    for name, value in transformer.state_dict().items():
+        original_name = next(iter(tiny.transformer_to_original_keys({name: None})))
+        if tiny._is_quantizable_wan_weight(original_name):
+            _assert_within_fp8(value, original[name], name)
+            quantized += 1
+        elif name in original:
+            assert torch.equal(value, original[name].half().float()), name
+    assert quantized == 2 * 8 + 2 * 2  # per block: q, k, v, o of both attentions + 2 FFN linears
+    ref = _out(tiny_wan.transformer)
+    assert (_out(transformer) - ref).abs().max() < 0.15 * ref.abs().max()
+
+
 def test_folder_of_single_files_is_classified(written):
     found = models.list_model_files(written["transformer_fp16"].parent)
     assert {p.name for p in found["transformer"]} == {
-        tiny.SINGLE_FILE_NAMES[k] for k in ("transformer_fp16", "transformer_bf16", "transformer_noprefix")
+        tiny.SINGLE_FILE_NAMES[k]
+        for k in ("transformer_fp16", "transformer_bf16", "transformer_noprefix", "transformer_fp8_scaled")
     }
     assert [p.name for p in found["vae"]] == [tiny.SINGLE_FILE_NAMES["vae"]]
     assert len(found["text_encoder"]) == 2
