@@ -22,6 +22,7 @@ Steps (plain dicts, built by the helpers below; ``delay`` works with any of them
 - :func:`refusal` — a candidate stopped for SAFETY (or another finish reason) with no text;
 - :func:`blocked` — ``promptFeedback.blockReason`` and no candidates;
 - :func:`empty` — no candidates at all;
+- :func:`raw` — a body that is not JSON (a proxy's HTML page), with any status;
 - :func:`delayed` — wait before answering (a client timeout shorter than the wait sees a timeout);
 - a callable ``f(request) -> step`` — decide from the request (e.g. answer per number of images).
 """
@@ -43,6 +44,7 @@ __all__ = [
     "delayed",
     "empty",
     "error",
+    "raw",
     "refusal",
     "reply_json",
     "reply_text",
@@ -125,6 +127,11 @@ def blocked(reason: str = "SAFETY") -> dict[str, Any]:
 def empty() -> dict[str, Any]:
     """An answer with an empty candidate list."""
     return {"status": 200, "body": {"candidates": []}}
+
+
+def raw(body: bytes | str, status: int = 200, content_type: str = "text/html") -> dict[str, Any]:
+    """A non-JSON HTTP body (a proxy's HTML error page, a truncated answer)."""
+    return {"status": status, "raw": body.encode() if isinstance(body, str) else body, "content_type": content_type}
 
 
 def delayed(seconds: float, step: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -286,10 +293,10 @@ def _make_handler(fake: FakeGemini) -> type[BaseHTTPRequestHandler]:
             if step.get("delay"):
                 if fake._stopping.wait(step["delay"]):
                     return
-            payload = json.dumps(step.get("body", {})).encode("utf-8")
+            payload = step["raw"] if "raw" in step else json.dumps(step.get("body", {})).encode("utf-8")
             try:
                 self.send_response(int(step.get("status", 200)))
-                self.send_header("Content-Type", "application/json; charset=UTF-8")
+                self.send_header("Content-Type", step.get("content_type", "application/json; charset=UTF-8"))
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from fake_gemini import FakeGemini, blocked, delayed, empty, error, refusal, reply_json, reply_text
+from fake_gemini import FakeGemini, blocked, delayed, empty, error, raw, refusal, reply_json, reply_text
 from PIL import Image
 
 from framecap_core.cli import main
@@ -177,6 +177,16 @@ def test_server_errors_exhaust_retries(server):
     assert server.calls == 3 and sleeps == [0.5, 1.0]
     message = str(info.value)
     assert "3 time(s)" in message and "HTTP 500" in message and "offline" in message
+
+
+def test_non_json_http_bodies_are_retried(server):
+    server.script(raw("<html>proxy error</html>"), raw("<html>bad gateway</html>", 502), raw('{"candidates": ['))
+    sleeps: list[float] = []
+    with pytest.raises(PromptBuildError, match="not JSON"):
+        timeline(server, options=options(server, retries=2, sleeps=sleeps))
+    assert server.calls == 3 and sleeps == [0.5, 1.0]
+    server.script(raw("<html>proxy error</html>"), reply_json(GOOD))
+    assert timeline(server).to_dict() == GOOD_TIMELINE
 
 
 def test_backoff_is_capped(server):

@@ -183,6 +183,9 @@ def _call(client: Any, contents: list[Any], config: Any, options: GeminiOptions,
                 raise PromptBuildError(f"Gemini rejected the request (HTTP {code} {status}: {message}).") from None
             last = f"HTTP {code} {status}".strip() + (f": {message}" if message else "")
             wait = min(options.max_backoff, max(wait, _retry_delay(exc)))
+        except json.JSONDecodeError as exc:
+            # A 200 whose body is not JSON: a proxy page or a cut-off answer; worth another try.
+            last = f"an unreadable HTTP answer (not JSON: {exc.msg})"
         except timeouts:
             last = f"no answer within the {options.timeout:g} s timeout"
         except (*transport, OSError) as exc:
