@@ -24,7 +24,8 @@ Steps (plain dicts, built by the helpers below; ``delay`` works with any of them
 - :func:`empty` — no candidates at all;
 - :func:`raw` — a body that is not JSON (a proxy's HTML page), with any status;
 - :func:`delayed` — wait before answering (a client timeout shorter than the wait sees a timeout);
-- a callable ``f(request) -> step`` — decide from the request (e.g. answer per number of images).
+- a callable ``f(request) -> step`` — decide from the request; :func:`auto_annotation` is one that answers a
+  valid frame annotation for however many images the request holds (handy as ``default`` in dataset tests).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import Any
 
 __all__ = [
     "FakeGemini",
+    "auto_annotation",
     "RecordedRequest",
     "blocked",
     "delayed",
@@ -132,6 +134,26 @@ def empty() -> dict[str, Any]:
 def raw(body: bytes | str, status: int = 200, content_type: str = "text/html") -> dict[str, Any]:
     """A non-JSON HTTP body (a proxy's HTML error page, a truncated answer)."""
     return {"status": status, "raw": body.encode() if isinstance(body, str) else body, "content_type": content_type}
+
+
+def auto_annotation(shared: int = 1, caption: str = "A test subject in a test room, medium shot, eye level") -> Any:
+    """A step (use it as ``default``) that annotates whatever frames a request holds: it counts the images and
+    answers a valid annotation whose segments each share one caption over ``shared`` consecutive frames
+    (``"<caption>, frames 0-1."``), plus a video caption naming the frame count."""
+
+    def answer(request: RecordedRequest) -> dict[str, Any]:
+        n = len(request.images())
+        segments = [
+            {
+                "first_frame": i,
+                "last_frame": min(n, i + shared) - 1,
+                "caption": f"{caption}, frames {i}-{min(n, i + shared) - 1}.",
+            }
+            for i in range(0, n, shared)
+        ]
+        return reply_json({"segments": segments, "video_caption": f"{caption}, {n} frames."})
+
+    return answer
 
 
 def delayed(seconds: float, step: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -10,7 +10,18 @@ import time
 
 import numpy as np
 import pytest
-from fake_gemini import FakeGemini, blocked, delayed, empty, error, raw, refusal, reply_json, reply_text
+from fake_gemini import (
+    FakeGemini,
+    auto_annotation,
+    blocked,
+    delayed,
+    empty,
+    error,
+    raw,
+    refusal,
+    reply_json,
+    reply_text,
+)
 from PIL import Image
 
 from framecap_core.cli import main
@@ -402,3 +413,14 @@ def test_annotate_frames_rejects_bad_frames(server):
     with pytest.raises(PromptBuildError, match="at least one"):
         annotate_frames([], options=options(server))
     assert server.calls == 0
+
+
+def test_auto_annotation_answers_any_number_of_frames():
+    with FakeGemini(default=auto_annotation(shared=2)) as fake:
+        for n in (1, 5):
+            result = annotate_frames(frames(n), options=options(fake))
+            assert len(result.captions) == n
+            assert result.captions[0].endswith("frames 0-1.") if n > 1 else result.captions[0].endswith("frames 0-0.")
+            assert result.captions[-1].endswith(f"frames {n - 1}-{n - 1}.")
+            assert result.video_caption.endswith(f"{n} frames.")
+        assert fake.calls == 2
