@@ -317,27 +317,19 @@ def read_clip_frames(record: ClipRecord, root: str | os.PathLike, height: int, w
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _vae_stats(vae) -> tuple[Any, Any]:
-    import torch
-
-    cfg = vae.config
-    mean = torch.tensor(cfg.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
-    std = torch.tensor(cfg.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
-    return mean, std
-
-
 def encode_video_latents(vae, frames: np.ndarray, *, device: Any = "cpu", dtype: Any = None):
     """Normalized Wan latents of one clip: ``[F, H, W, 3]`` uint8 -> ``[C, L, H/8, W/8]`` float32,
-    ``(vae.encode(x).latent_dist.mode() - latents_mean) / latents_std``."""
+    ``(vae.encode(x).latent_dist.mode() - latents_mean) / latents_std`` (the space the transformer works in)."""
     import torch
+
+    from .backend import normalize_latents
 
     dtype = dtype or next(vae.parameters()).dtype
     video = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None]  # [1, 3, F, H, W]
     video = (video.float() / 127.5 - 1.0).to(device=device, dtype=dtype)
     with torch.no_grad():
         z = vae.encode(video).latent_dist.mode().float().cpu()
-    mean, std = _vae_stats(vae)
-    return ((z - mean) / std)[0].contiguous()
+    return normalize_latents(z[0], vae.config.latents_mean, vae.config.latents_std, channel_dim=0).contiguous()
 
 
 @dataclass
@@ -594,6 +586,17 @@ class LatentCache:
     @property
     def min_latents(self) -> int:
         return min(m["num_latents"] for m in self.meta.values())
+
+    @property
+    def text_len(self) -> int:
+        """Tokens per caption of the cached embeddings (all clips must agree)."""
+        lengths = {m["text_shape"][1] for m in self.meta.values()}
+        if len(lengths) != 1:
+            raise DatasetError(
+                f"The latent cache in {str(self.root)!r} mixes caption lengths {sorted(lengths)}; rebuild it with one "
+                f"text encoder."
+            )
+        return lengths.pop()
 
     def window(self, i: int, window_latents: int, generator=None) -> dict[str, Any]:
         """A random crop of ``window_latents`` latent frames of clip ``i`` (start uniform over all valid starts,

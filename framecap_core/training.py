@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError, ModelLoadError, NumericalError
+from .errors import ConfigError, NumericalError
 from .schedule import DEFAULT_SHIFT, DFTrainingNoise, sample_df_training_sigmas
 
 __all__ = [
@@ -76,7 +76,7 @@ class TrainConfig:
     vae: str | None = None  # VAE for caching (default: the base model folder's vae/)
     text_encoder: str | None = None  # text encoder for caching (default: the base model folder's)
     output_dir: str = "runs/framecap"
-    text_len: int = 512  # tokens per caption the cache holds (512 for UMT5)
+    text_len: int | None = None  # tokens per caption; default: what the cache holds (512 for UMT5)
     window_latents: int = 21  # training window (21 latents = 81 frames)
     # optimisation
     max_steps: int = 1000
@@ -123,7 +123,7 @@ class TrainConfig:
         for name, choices in self._CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}.")
-        for name in ("text_len", "window_latents", "max_steps", "height", "width", "batch_size", "gradient_accumulation_steps",
+        for name in ("window_latents", "max_steps", "height", "width", "batch_size", "gradient_accumulation_steps",
                      "log_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -132,6 +132,9 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be an integer >= 0; got {value!r}.")
+        if self.text_len is not None and (isinstance(self.text_len, bool) or not isinstance(self.text_len, int)
+                                          or self.text_len < 1):
+            raise ConfigError(f"text_len must be an integer >= 1 or null (from the cache); got {self.text_len!r}.")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0; got {self.learning_rate!r} (e.g. 1e-5).")
         if self.export_format == "lora" and self.lora_rank == 0:
@@ -332,31 +335,26 @@ def lr_at_step(config: TrainConfig, step: int) -> float:
 
 
 def load_base_transformer(config: TrainConfig):
-    """The base transformer named by ``config.base_model`` (through framecap_core's model loader)."""
+    """The base transformer named by ``config.base_model`` in float32 (the optimizer's master weights; mixed
+    precision runs the forward in bf16/fp16 through autocast): a diffusers folder, a ``transformer/`` folder, a
+    single safetensors file (original / ComfyUI or diffusers key names, architecture from ``model_config`` or the
+    shipped Wan2.1-T2V-1.3B config) or ``"toy"``."""
+    from .models import load_transformer
+
     if not config.base_model:
         raise ConfigError("base_model is not set; point it at a Wan diffusers folder or a .safetensors file.")
-    try:
-        from . import models
-    except ImportError:  # pragma: no cover - the loader ships with the package
-        models = None
-    if models is not None and hasattr(models, "load_transformer"):
-        kwargs = {"config": config.model_config} if config.model_config else {}
-        return models.load_transformer(config.base_model, **kwargs)
-    from diffusers import WanTransformer3DModel
-
-    path = Path(config.base_model)
-    if path.is_dir():
-        sub = "transformer" if (path / "transformer").is_dir() else None
-        return WanTransformer3DModel.from_pretrained(str(path), subfolder=sub)
-    raise ModelLoadError(f"Cannot load {str(path)!r}: expected a diffusers folder with a transformer/ subfolder.")
+    return load_transformer(config.base_model, config=config.model_config, dtype=torch.float32)
 
 
-def prepare_transformer(transformer, config: TrainConfig):
-    """Install frame-level attention, add LoRA (when ``lora_rank > 0``), set trainable parameters and gradient
-    checkpointing. Returns the transformer (modified in place)."""
+def prepare_transformer(transformer, config: TrainConfig, text_len: int | None = None):
+    """Install frame-level attention (``text_len`` tokens per caption, default ``config.text_len``), add LoRA (when
+    ``lora_rank > 0``), set trainable parameters and gradient checkpointing. Returns the transformer (in place)."""
     from .attention import install_frame_level_attention
 
-    install_frame_level_attention(transformer, text_len=config.text_len)
+    text_len = text_len or config.text_len
+    if text_len is None:
+        raise ConfigError("text_len is unknown; set it in the config or train from a latent cache (which records it).")
+    install_frame_level_attention(transformer, text_len=text_len)
     if config.lora_rank > 0:
         from peft import LoraConfig
 
@@ -566,7 +564,8 @@ def export_transformer(
           the adapter config under the ``lora_adapter_metadata`` metadata key.
 
     Metadata (strings): ``framecap_format``, ``framecap_version``, ``base_model``, ``training_config`` (JSON),
-    ``step``, ``frame_level_attention`` ("true": install it after loading).
+    ``step``, ``text_len`` (tokens per caption it was trained with), ``frame_level_attention`` ("true": install it
+    after loading).
     """
     from safetensors.torch import save_file
 
@@ -590,8 +589,12 @@ def export_transformer(
         raise ConfigError(f"Unknown export format {format!r}; use diffusers, original or lora.")
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    from .attention import frame_level_text_len
+
+    text_len = frame_level_text_len(transformer)
     metadata = {
         "framecap_format": format,
+        "text_len": "" if text_len is None else str(text_len),
         "framecap_version": __version__,
         "base_model": base_model,
         "training_config": json.dumps(config.to_dict() if config else {}),
@@ -688,9 +691,15 @@ def train(
             f"window_latents={config.window_latents} but the shortest cached clip has {cache.min_latents} latent "
             f"frames; lower window_latents or rebuild the dataset with longer clips."
         )
+    text_len = cache.text_len
+    if config.text_len is not None and config.text_len != text_len:
+        raise ConfigError(
+            f"text_len={config.text_len} but the latent cache holds captions of {text_len} tokens; remove text_len "
+            f"from the config (it is read from the cache) or rebuild the cache with the matching text encoder."
+        )
     if transformer is None:
         transformer = load_base_transformer(config)
-    transformer = prepare_transformer(transformer, config)
+    transformer = prepare_transformer(transformer, config, text_len)
     params = list(trainable_parameters(transformer).values())
     optimizer = torch.optim.AdamW(
         params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps,

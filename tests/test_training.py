@@ -271,3 +271,72 @@ def test_config_file_and_overrides(tmp_path):
     json_path.write_text(json.dumps({"max_steps": 3, "lr_warmup_steps": 2, "learning_rate": 1.0}))
     cfg = TrainConfig.from_file(json_path)
     assert [lr_at_step(cfg, s) for s in range(3)] == [0.5, 1.0, 1.0]
+
+
+def _load_script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "training" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"framecap_training_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_finetune_script_end_to_end_and_the_loader_reads_the_export(tmp_path, capsys):
+    """finetune.py on a tiny diffusers Wan: manifest -> latent cache (VAE + UMT5) -> DF training -> ComfyUI export,
+    which framecap_core.models loads on top of the base model and which changes its output."""
+    import imageio.v2 as imageio
+    import numpy as np
+
+    from framecap_core.data import ClipRecord, ManifestWriter
+    from framecap_core.models import load_wan
+    from framecap_core.tiny import save_tiny_wan
+
+    base = save_tiny_wan(tmp_path / "base", text_len=8)["diffusers"]
+    rng = np.random.default_rng(0)
+    with ManifestWriter(tmp_path / "data" / "manifest.jsonl") as writer:
+        for v in range(2):
+            frames = [np.roll(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) // 4 + 100, f, axis=1)
+                      for f in range(20)]
+            imageio.mimwrite(tmp_path / "data" / f"v{v}.mp4", frames, fps=16, macro_block_size=1)
+            writer.append(ClipRecord(
+                clip_id=f"v{v}", source=f"v{v}.mp4", source_fps=16.0, start_frame=0, end_frame=17,
+                sample_frames=[0, 8, 16], captions=["a red cat sits", "a red cat jumps", "a dog runs"],
+                frame_indices=list(range(17)), global_caption="a cat and a dog"))
+    config = tmp_path / "toy.json"
+    config.write_text(json.dumps({
+        "base_model": str(base), "manifest": str(tmp_path / "data" / "manifest.jsonl"),
+        "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "run"), "height": 32, "width": 32,
+        "window_latents": 4, "max_steps": 4, "learning_rate": 5e-3, "checkpoint_every": 2, "report_to": "tensorboard",
+        "export_format": "original",
+    }))
+    finetune = _load_script("finetune")
+    assert finetune.main(["--config", str(config), "--no-progress", "--stop-at-step", "2"]) == 0
+    assert finetune.main(["--config", str(config), "--no-progress", "--resume", "latest"]) == 0
+    out = capsys.readouterr().out
+    assert "steps 3-4" in out
+    cache = LatentCache(tmp_path / "cache")
+    assert len(cache) == 2 and cache.text_len == 8 and cache[0]["latents"].shape == (16, 5, 4, 4)
+    assert list((tmp_path / "run").glob("**/events.out.tfevents*")), "TensorBoard logs are written"
+    export = tmp_path / "run" / "framecap_transformer_comfyui.safetensors"
+    with safe_open(str(export), "pt") as f:
+        assert f.metadata()["text_len"] == "8"
+
+    # the loader applies the export on top of the base model: output changes, and equals the trained weights
+    plain = load_wan(base, device="cpu", dtype="fp32", load_vae_model=False, load_text_encoder_model=False)
+    tuned = load_wan(base, checkpoint=export, device="cpu", dtype="fp32", load_vae_model=False,
+                     load_text_encoder_model=False)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, 2, 4, 4, generator=g)
+    ctx = torch.randn(1, 2 * 8, TINY_TEXT_DIM, generator=g)
+    with torch.no_grad():
+        a = plain.transformer(hidden_states=x, timestep=torch.tensor([400.0]), encoder_hidden_states=ctx)[0]
+        b = tuned.transformer(hidden_states=x, timestep=torch.tensor([400.0]), encoder_hidden_states=ctx)[0]
+    assert not torch.allclose(a, b, atol=1e-4)
+    from safetensors.torch import load_file
+
+    trained = load_file(str(latest_checkpoint(tmp_path / "run") / "model.safetensors"))
+    tuned_state = tuned.transformer.state_dict()
+    assert all(torch.equal(trained[k], tuned_state[k]) for k in trained)

@@ -53,12 +53,12 @@ def build_cache(config: TrainConfig, progress: bool) -> None:
     from framecap_core.data import build_latent_cache
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    vae = models.load_vae(config.vae or config.base_model).to(device)
-    encoder = text.load_caption_encoder(config.text_encoder or config.base_model, device=device)
+    vae = models.load_vae(config.vae or config.base_model, config=config.model_config, device=device)  # fp32
+    encoder = text.load_caption_encoder(config.text_encoder or config.base_model, config=config.model_config,
+                                        device=device, text_len=config.text_len)
     summary = build_latent_cache(
         config.manifest, config.cache_dir, vae=vae, encode_text=encoder, height=config.height, width=config.width,
-        device=device, dtype=dtype, progress=progress,
+        device=device, progress=progress,
     )
     print(f"latent cache: {summary.cached} clips encoded, {summary.skipped} already cached, {summary.failed} failed")
     for failure in summary.failures:
