@@ -740,15 +740,19 @@ def _lora_module_to_diffusers(module: str) -> str:
 
 
 def _lora_alpha_config(path: Path, metadata: dict[str, str]) -> dict:
-    for candidate in (path / "adapter_config.json" if path.is_dir() else path.with_name("adapter_config.json"),):
-        if candidate.is_file():
-            return json.loads(candidate.read_text(encoding="utf-8"))
+    """LoRA settings (r, lora_alpha, use_rslora, ...): the file's own header first, then adapter_config.json."""
     for key in ("lora_adapter_metadata", "adapter_config"):
         if key in metadata:
             try:
                 return json.loads(metadata[key])
             except json.JSONDecodeError:
                 pass
+    candidate = path / "adapter_config.json" if path.is_dir() else path.with_name("adapter_config.json")
+    if candidate.is_file():
+        try:
+            return json.loads(candidate.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(f"{candidate} is not valid JSON ({exc}).") from None
     return {}
 
 
