@@ -1,0 +1,467 @@
+"""The toy world: procedurally generated multi-scene videos with exact per-frame captions, and an oracle that reads
+the captions back from pixels.
+
+A frame is one coloured shape (circle, square or triangle) on a plain background, 64 x 64 pixels. A scene fixes the
+four attributes — shape, shape colour, background colour, motion (left, right, up, down or still) — and its caption
+says them in a fixed grammar::
+
+    a red circle moves left on a blue background
+    a white triangle stays still on a black background
+
+Scenes change what (shape, colour), where (a new start position, a new background) and how (the motion). A
+:class:`ToyStory` is a list of scenes with durations; :func:`render_story` draws its frames, and its
+:class:`~framecap_core.timeline.Timeline` holds the exact caption of every frame.
+
+The oracle (:func:`read_frame_attributes`, :func:`read_video_attributes`) works on pixels only: the background is
+the most common colour on the border, the shape colour the dominant colour of the pixels far from the background, the
+shape class comes from how much of its bounding box the mask fills (square 1, circle pi/4, triangle 1/2), the motion
+from the centroid track over neighbouring frames. :class:`OracleEmbedder` turns attributes into vectors (one block of
+one-hot per attribute plus a constant component), so the cosine similarity of a caption and a frame is an affine
+function of how many attributes they agree on and the paper's metrics run on toy videos.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from .timeline import Scene, Timeline
+
+__all__ = [
+    "BACKGROUNDS",
+    "COLOURS",
+    "FRAME_SIZE",
+    "MOTIONS",
+    "SHAPES",
+    "TOY_WORDS",
+    "OracleEmbedder",
+    "ToyScene",
+    "ToyStory",
+    "attribute_agreement",
+    "caption",
+    "parse_caption",
+    "random_story",
+    "read_frame_attributes",
+    "read_video_attributes",
+    "render_story",
+    "story_text",
+]
+
+FRAME_SIZE = 64
+SHAPE_SIZE = 20  # bounding box side in pixels
+SPEED = 0.75  # pixels per frame for a moving shape
+
+# Saturated, far-apart colours (so a VAE's small errors and noise never move a pixel to another colour's nearest).
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 190, 60),
+    "blue": (30, 70, 230),
+    "yellow": (240, 220, 30),
+    "white": (245, 245, 245),
+    "black": (15, 15, 15),
+}
+BACKGROUNDS = tuple(COLOURS)
+SHAPES = ("circle", "square", "triangle")
+MOTIONS: dict[str, tuple[float, float]] = {  # (dx, dy) per frame, y grows downwards
+    "left": (-1.0, 0.0),
+    "right": (1.0, 0.0),
+    "up": (0.0, -1.0),
+    "down": (0.0, 1.0),
+    "still": (0.0, 0.0),
+}
+ATTRIBUTES = ("shape", "colour", "background", "motion")
+
+# Every word a toy caption uses (the toy tokenizer's vocabulary); other words are dropped by the toy tokenizer.
+TOY_WORDS = tuple(dict.fromkeys(
+    ["a", "moves", "stays", "on", "background", *SHAPES, *COLOURS, *MOTIONS]
+))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Captions
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToyScene:
+    shape: str
+    colour: str
+    background: str
+    motion: str
+    frames: int = 16  # duration in pixel frames
+    x: float = 32.0  # start centre
+    y: float = 32.0
+
+    def attributes(self) -> dict[str, str]:
+        return {"shape": self.shape, "colour": self.colour, "background": self.background, "motion": self.motion}
+
+    @property
+    def caption(self) -> str:
+        return caption(self.shape, self.colour, self.background, self.motion)
+
+
+def caption(shape: str, colour: str, background: str, motion: str) -> str:
+    """``a red circle moves left on a blue background`` / ``... stays still on ...``."""
+    how = "stays still" if motion == "still" else f"moves {motion}"
+    return f"a {colour} {shape} {how} on a {background} background"
+
+
+_WORD = re.compile(r"[a-z]+")
+
+
+def parse_caption(text: str) -> dict[str, str | None]:
+    """Attributes named in a caption (any wording): the colour word just before a shape word is the shape's colour,
+    the colour word before ``background`` the background; a motion word after ``moves``/``move``/``moving`` (or
+    ``still``) the motion. Missing attributes are ``None``. Several sentences: the first mention wins."""
+    words = _WORD.findall(text.lower())
+    out: dict[str, str | None] = dict.fromkeys(ATTRIBUTES)
+    for i, w in enumerate(words):
+        if w in SHAPES and out["shape"] is None:
+            out["shape"] = w
+            if i > 0 and words[i - 1] in COLOURS and out["colour"] is None:
+                out["colour"] = words[i - 1]
+        elif w in ("background", "backdrop") and i > 0 and words[i - 1] in COLOURS and out["background"] is None:
+            out["background"] = words[i - 1]
+        elif w == "still" and out["motion"] is None:
+            out["motion"] = "still"
+        elif w in ("left", "right", "up", "down") and out["motion"] is None and i > 0 and words[i - 1] in (
+            "moves", "move", "moving", "goes", "drifts", "slides"
+        ):
+            out["motion"] = w
+    return out
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"[.;\n]+", text) if _WORD.search(s)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Stories and rendering
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ToyStory:
+    scenes: list[ToyScene]
+    fps: int = 16
+
+    @property
+    def num_frames(self) -> int:
+        return sum(s.frames for s in self.scenes)
+
+    def timeline(self) -> Timeline:
+        """The exact per-frame captions as a canonical :class:`Timeline`."""
+        out, start = [], 0
+        for s in self.scenes:
+            out.append(Scene(start, start + s.frames, s.caption))
+            start += s.frames
+        return Timeline(out, num_frames=start, fps=self.fps)
+
+    def frame_attributes(self) -> list[dict[str, str]]:
+        return [s.attributes() for s in self.scenes for _ in range(s.frames)]
+
+
+def story_text(story: ToyStory) -> str:
+    """The story as prose the prompt builders split back into scenes: ``A red circle ... Then a ... Finally a ...``."""
+    parts = []
+    n = len(story.scenes)
+    for i, s in enumerate(story.scenes):
+        lead = "" if i == 0 else ("Finally " if i == n - 1 and n > 2 else "Then ")
+        sentence = s.caption
+        parts.append((lead + sentence)[0].upper() + (lead + sentence)[1:] + ".")
+    return " ".join(parts)
+
+
+def _start_position(motion: str, frames: int, rng: np.random.Generator) -> tuple[float, float]:
+    """A start centre that keeps the whole shape inside the frame for the scene's duration."""
+    half = SHAPE_SIZE / 2 + 2
+    lo, hi = half, FRAME_SIZE - half
+    dx, dy = MOTIONS[motion]
+    travel = SPEED * max(frames - 1, 0)
+    travel = min(travel, hi - lo)
+
+    def axis(d: float) -> float:
+        if d > 0:
+            return rng.uniform(lo, hi - travel)
+        if d < 0:
+            return rng.uniform(lo + travel, hi)
+        return rng.uniform(lo, hi)
+
+    return float(axis(dx)), float(axis(dy))
+
+
+def random_scene(
+    rng: np.random.Generator, frames: int, previous: ToyScene | None = None, *, changes: int | None = None
+) -> ToyScene:
+    """A scene of ``frames`` frames. After ``previous``, 1-3 of the four attributes change (what, where, how) and
+    the shape always starts somewhere new."""
+    def pick(options: Sequence[str], avoid: Sequence[str] = ()) -> str:
+        opts = [o for o in options if o not in avoid]
+        return str(opts[int(rng.integers(len(opts)))])
+
+    if previous is None:
+        shape, colour, motion = pick(SHAPES), pick(list(COLOURS)), pick(list(MOTIONS))
+        background = pick(BACKGROUNDS, [colour])
+    else:
+        k = int(changes if changes is not None else rng.integers(1, 4))
+        which = set(rng.permutation(ATTRIBUTES)[:k].tolist())
+        shape = pick(SHAPES, [previous.shape]) if "shape" in which else previous.shape
+        motion = pick(list(MOTIONS), [previous.motion]) if "motion" in which else previous.motion
+        colour = pick(list(COLOURS), [previous.colour]) if "colour" in which else previous.colour
+        background = pick(BACKGROUNDS, [previous.background]) if "background" in which else previous.background
+        if background == colour:  # keep the shape visible
+            if "background" in which or "colour" not in which:
+                background = pick(BACKGROUNDS, [colour, previous.background])
+            else:
+                colour = pick(list(COLOURS), [background, previous.colour])
+    x, y = _start_position(motion, frames, rng)
+    return ToyScene(shape, colour, background, motion, frames, x, y)
+
+
+def random_story(
+    seed: int | np.random.Generator = 0,
+    *,
+    num_frames: int = 49,
+    num_scenes: int | tuple[int, int] = (2, 4),
+    min_scene_frames: int = 12,
+    fps: int = 16,
+) -> ToyStory:
+    """A random story of ``num_frames`` frames (4k + 1) split into scenes whose boundaries fall on latent boundaries
+    (pixel frame ``4j - 3`` starts latent ``j``), so every latent frame has one exact caption."""
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    if (num_frames - 1) % 4:
+        raise ValueError(f"num_frames must be 4k + 1, got {num_frames}")
+    latents = (num_frames - 1) // 4 + 1
+    if isinstance(num_scenes, tuple):
+        num_scenes = int(rng.integers(num_scenes[0], num_scenes[1] + 1))
+    min_lat = max(1, -(-min_scene_frames // 4))
+    num_scenes = max(1, min(num_scenes, latents // min_lat))
+    # cut points between latents 1..latents-1, at least min_lat apart
+    while True:
+        cuts = sorted(rng.choice(np.arange(1, latents), size=num_scenes - 1, replace=False).tolist()) if num_scenes > 1 else []
+        bounds = [0, *cuts, latents]
+        if all(b - a >= min_lat for a, b in zip(bounds[:-1], bounds[1:], strict=False)):
+            break
+    pix = [0] + [4 * c - 3 for c in cuts] + [num_frames]
+    scenes: list[ToyScene] = []
+    for a, b in zip(pix[:-1], pix[1:], strict=False):
+        scenes.append(random_scene(rng, b - a, scenes[-1] if scenes else None))
+    return ToyStory(scenes, fps=fps)
+
+
+def story_from_timeline(timeline: Timeline, seed: int = 0) -> ToyStory:
+    """A toy story drawing ``timeline``'s captions (attributes parsed from each caption; unnamed ones random)."""
+    rng = np.random.default_rng(seed)
+    scenes: list[ToyScene] = []
+    for s in timeline.scenes:
+        attrs = parse_caption(s.caption)
+        base = random_scene(rng, s.num_frames)
+        scene = replace(base, **{k: v for k, v in attrs.items() if v is not None})
+        x, y = _start_position(scene.motion, s.num_frames, rng)
+        scenes.append(replace(scene, x=x, y=y))
+    return ToyStory(scenes, fps=timeline.fps)
+
+
+def _shape_mask(shape: str, cx: float, cy: float, size: float = SHAPE_SIZE, ss: int = 4) -> np.ndarray:
+    """Anti-aliased coverage ``[H, W]`` in [0, 1] (``ss`` x ``ss`` supersampling)."""
+    n = FRAME_SIZE * ss
+    coords = (np.arange(n) + 0.5) / ss
+    xx, yy = np.meshgrid(coords, coords)
+    h = size / 2
+    if shape == "circle":
+        m = (xx - cx) ** 2 + (yy - cy) ** 2 <= h * h
+    elif shape == "square":
+        m = (np.abs(xx - cx) <= h) & (np.abs(yy - cy) <= h)
+    elif shape == "triangle":  # apex up, base at the bottom of the bounding box
+        t = (yy - (cy - h)) / size  # 0 at apex, 1 at base
+        m = (t >= 0) & (t <= 1) & (np.abs(xx - cx) <= t * h)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; choose from {SHAPES}")
+    return m.reshape(FRAME_SIZE, ss, FRAME_SIZE, ss).mean(axis=(1, 3))
+
+
+def render_frame(shape: str, colour: str, background: str, cx: float, cy: float) -> np.ndarray:
+    """One ``[64, 64, 3]`` uint8 frame."""
+    cov = _shape_mask(shape, cx, cy)[..., None]
+    fg = np.array(COLOURS[colour], np.float32)
+    bg = np.array(COLOURS[background], np.float32)
+    return np.clip(np.round(bg * (1 - cov) + fg * cov), 0, 255).astype(np.uint8)
+
+
+def render_story(story: ToyStory) -> np.ndarray:
+    """All frames of ``story``: ``[T, 64, 64, 3]`` uint8."""
+    frames = []
+    for s in story.scenes:
+        dx, dy = MOTIONS[s.motion]
+        for k in range(s.frames):
+            frames.append(render_frame(s.shape, s.colour, s.background, s.x + SPEED * dx * k, s.y + SPEED * dy * k))
+    return np.stack(frames)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Oracle: attributes from pixels
+# --------------------------------------------------------------------------------------------------------------------
+
+_PALETTE = np.array(list(COLOURS.values()), np.float32)  # [C, 3]
+_NAMES = list(COLOURS)
+
+
+def _nearest_colour(rgb: np.ndarray) -> np.ndarray:
+    """``[..., 3]`` -> index of the nearest palette colour."""
+    d = ((rgb[..., None, :].astype(np.float32) - _PALETTE) ** 2).sum(-1)
+    return d.argmin(-1)
+
+
+@dataclass
+class FrameReading:
+    shape: str | None
+    colour: str | None
+    background: str
+    centroid: tuple[float, float] | None  # (x, y)
+    fill: float  # mask area / bounding box area
+
+    def attributes(self) -> dict[str, str | None]:
+        return {"shape": self.shape, "colour": self.colour, "background": self.background}
+
+
+def read_frame_attributes(frame: np.ndarray, min_pixels: int = 20) -> FrameReading:
+    """Shape, colours and centroid of one ``[H, W, 3]`` frame (uint8 or float 0..1) from its pixels."""
+    arr = np.asarray(frame)
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.asarray(arr, np.float32) * 255.0, 0, 255)
+    arr = arr.astype(np.float32)
+    labels = _nearest_colour(arr)  # [H, W]
+    border = np.concatenate([labels[0], labels[-1], labels[1:-1, 0], labels[1:-1, -1]])
+    bg = int(np.bincount(border, minlength=len(_NAMES)).argmax())
+    # pixels clearly away from the background colour (half the distance to the nearest other palette colour)
+    bg_rgb = _PALETTE[bg]
+    others = np.delete(_PALETTE, bg, axis=0)
+    gap = np.sqrt(((others - bg_rgb) ** 2).sum(-1)).min()
+    dist = np.sqrt(((arr - bg_rgb) ** 2).sum(-1))
+    mask = dist > gap / 2
+    if mask.sum() < min_pixels:
+        return FrameReading(None, None, _NAMES[bg], None, 0.0)
+    # the largest blob is the shape; stray pixels (noise, artefacts) are ignored by keeping the dominant colour
+    fg_labels = labels[mask]
+    fg_labels = fg_labels[fg_labels != bg]
+    if fg_labels.size == 0:
+        return FrameReading(None, None, _NAMES[bg], None, 0.0)
+    fg = int(np.bincount(fg_labels, minlength=len(_NAMES)).argmax())
+    shape_mask = mask & (labels == fg)
+    if shape_mask.sum() < min_pixels:
+        return FrameReading(None, _NAMES[fg], _NAMES[bg], None, 0.0)
+    ys, xs = np.nonzero(shape_mask)
+    # robust extent: 2nd-98th percentiles so isolated noisy pixels do not stretch the box
+    x0, x1 = np.percentile(xs, [1, 99])
+    y0, y1 = np.percentile(ys, [1, 99])
+    box = max((x1 - x0 + 1) * (y1 - y0 + 1), 1.0)
+    inside = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+    fill = float(inside.sum() / box)
+    if fill > 0.9:
+        shape = "square"
+    elif fill > 0.64:
+        shape = "circle"
+    else:
+        shape = "triangle"
+    return FrameReading(shape, _NAMES[fg], _NAMES[bg], (float(xs.mean()), float(ys.mean())), fill)
+
+
+def _motion_at(readings: list[FrameReading], t: int, radius: int, still_speed: float) -> str | None:
+    """Motion at frame ``t`` from the centroid displacements in ``[t - radius, t + radius]`` (mean per-frame step).
+    Steps across a scene cut are ignored: both frames must read as frame ``t`` does, and jumps over 6 pixels are
+    dropped."""
+    steps = []
+    key = readings[t].attributes()
+    for k in range(max(0, t - radius), min(len(readings) - 1, t + radius)):
+        a, b = readings[k].centroid, readings[k + 1].centroid
+        if a is None or b is None or readings[k].attributes() != key or readings[k + 1].attributes() != key:
+            continue
+        dx, dy = b[0] - a[0], b[1] - a[1]
+        if abs(dx) + abs(dy) > 6:
+            continue
+        steps.append((dx, dy))
+    if not steps:
+        return None
+    d = np.array(steps)
+    mx, my = float(d[:, 0].mean()), float(d[:, 1].mean())
+    if max(abs(mx), abs(my)) < still_speed:
+        return "still"
+    if abs(mx) >= abs(my):
+        return "right" if mx > 0 else "left"
+    return "down" if my > 0 else "up"
+
+
+def read_video_attributes(
+    frames: Any, *, radius: int = 4, still_speed: float | None = None
+) -> list[dict[str, str | None]]:
+    """Per-frame attributes of a video ``[T, H, W, 3]``: the frame reading plus the motion of the centroid track."""
+    arr = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    readings = [read_frame_attributes(f) for f in arr]
+    still = SPEED * 0.4 if still_speed is None else still_speed
+    out = []
+    for t, r in enumerate(readings):
+        attrs = r.attributes()
+        attrs["motion"] = _motion_at(readings, t, radius, still)
+        out.append(attrs)
+    return out
+
+
+def attribute_agreement(read: dict[str, str | None], truth: dict[str, str | None]) -> dict[str, bool]:
+    """Which attributes of ``truth`` (those it names) ``read`` matches."""
+    return {k: read.get(k) == v for k, v in truth.items() if v is not None}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Oracle embedder
+# --------------------------------------------------------------------------------------------------------------------
+
+_BLOCKS = {"shape": list(SHAPES), "colour": list(COLOURS), "background": list(BACKGROUNDS), "motion": list(MOTIONS)}
+_OFFSETS = {}
+_dim = 1  # component 0 is the constant
+for _k, _v in _BLOCKS.items():
+    _OFFSETS[_k] = _dim
+    _dim += len(_v)
+ORACLE_DIM = _dim
+
+
+def attribute_vector(attrs: dict[str, str | None]) -> np.ndarray:
+    """``[ORACLE_DIM]``: 1 in component 0, and a one-hot per named attribute."""
+    v = np.zeros(ORACLE_DIM, np.float32)
+    v[0] = 1.0
+    for k, options in _BLOCKS.items():
+        value = attrs.get(k)
+        if value in options:
+            v[_OFFSETS[k] + options.index(value)] = 1.0
+    return v
+
+
+class OracleEmbedder:
+    """The toy world's exact embedder: texts are parsed (:func:`parse_caption`), frames read from pixels
+    (:func:`read_video_attributes`), both mapped by :func:`attribute_vector`. For a full caption and a frame where
+    all four attributes are read, ``cos = (1 + agreements) / 5``: 1 when they match, 0.2 when nothing does (the
+    constant keeps similarities positive, as Confusion Degree's normalization needs). A multi-sentence text (a whole
+    story, eq. 2's ``P_g``) embeds as the mean of its sentences' vectors; a video as the mean over 8 uniformly
+    sampled frames."""
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        out = []
+        for text in texts:
+            sentences = _sentences(text) or [text]
+            out.append(np.mean([attribute_vector(parse_caption(s)) for s in sentences], axis=0))
+        return torch.from_numpy(np.stack(out)) if out else torch.zeros(0, ORACLE_DIM)
+
+    def embed_frames(self, frames: Any) -> torch.Tensor:
+        return torch.from_numpy(np.stack([attribute_vector(a) for a in read_video_attributes(frames)]))
+
+    def embed_video(self, frames: Any) -> torch.Tensor:
+        from .metrics import sample_frame_indices
+
+        emb = self.embed_frames(frames)
+        idx = sample_frame_indices(len(emb))
+        unit = emb[idx] / emb[idx].norm(dim=1, keepdim=True)
+        return unit.mean(0)

@@ -1,0 +1,125 @@
+"""The toy world: stories, rendering, the pixel oracle and its embedder (and, with the bundled toy model, that the
+main command's video follows its story)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from framecap_core import toyworld as tw
+from framecap_core.metrics import confusion_degree, cosine_similarity_matrix, evaluate_video
+from framecap_core.timeline import parse_timeline
+
+
+def _accuracy(frames, story, noise=0.0, seed=0):
+    if noise:
+        rng = np.random.default_rng(seed)
+        frames = np.clip(frames.astype(np.float32) + rng.normal(0, noise, frames.shape), 0, 255).astype(np.uint8)
+    reads = tw.read_video_attributes(frames)
+    truth = story.frame_attributes()
+    return {k: np.mean([r[k] == t[k] for r, t in zip(reads, truth, strict=True)]) for k in tw.ATTRIBUTES}
+
+
+def test_caption_grammar_round_trip():
+    assert tw.caption("circle", "red", "blue", "left") == "a red circle moves left on a blue background"
+    assert tw.caption("square", "white", "black", "still") == "a white square stays still on a black background"
+    for shape in tw.SHAPES:
+        for motion in tw.MOTIONS:
+            attrs = {"shape": shape, "colour": "green", "background": "yellow", "motion": motion}
+            assert tw.parse_caption(tw.caption(**attrs)) == attrs
+    # prose from a prompt builder still parses; unnamed attributes are None
+    assert tw.parse_caption("Then a Green Triangle moves up on a black background.") == {
+        "shape": "triangle", "colour": "green", "background": "black", "motion": "up"}
+    assert tw.parse_caption("a circle")["colour"] is None
+    assert set(tw.TOY_WORDS) >= set(tw.caption("triangle", "yellow", "black", "down").split())
+
+
+def test_random_story_is_seeded_and_latent_aligned():
+    a, b = tw.random_story(3, num_frames=49), tw.random_story(3, num_frames=49)
+    assert a == b
+    assert tw.random_story(4, num_frames=49) != a
+    timeline = a.timeline()
+    assert timeline.num_frames == 49 and len(timeline.scenes) == len(a.scenes) >= 2
+    for scene in timeline.scenes[1:]:
+        assert (scene.start + 3) % 4 == 0  # starts latent (start + 3) / 4
+    # consecutive scenes differ in at least one attribute, the shape stays visible
+    for prev, cur in zip(a.scenes, a.scenes[1:], strict=False):
+        assert prev.attributes() != cur.attributes()
+    for s in a.scenes:
+        assert s.colour != s.background
+    with pytest.raises(ValueError):
+        tw.random_story(0, num_frames=48)
+
+
+def test_render_shapes_stay_inside_and_move():
+    story = tw.random_story(1, num_frames=49)
+    frames = tw.render_story(story)
+    assert frames.shape == (49, 64, 64, 3) and frames.dtype == np.uint8
+    scene = tw.ToyScene("square", "red", "blue", "right", frames=9, x=20.0, y=30.0)
+    clip = tw.render_story(tw.ToyStory([scene]))
+    xs = [tw.read_frame_attributes(f).centroid[0] for f in clip]
+    # 0.75 px per frame: 8 steps move the centroid by 6 px
+    assert xs[-1] - xs[0] == pytest.approx(8 * tw.SPEED, abs=0.3)
+
+
+@pytest.mark.parametrize("noise", [0.0, 25.0])
+def test_oracle_reads_clean_and_noisy_videos(noise):
+    accs = [_accuracy(tw.render_story(tw.random_story(seed, num_frames=49)), tw.random_story(seed, num_frames=49),
+                      noise=noise, seed=seed) for seed in range(6)]
+    mean = {k: float(np.mean([a[k] for a in accs])) for k in tw.ATTRIBUTES}
+    floor = {"shape": 0.97, "colour": 0.99, "background": 0.99, "motion": 0.93}
+    for k, v in mean.items():
+        assert v >= floor[k], (k, v, noise)
+
+
+def test_oracle_catches_a_wrong_video():
+    story = tw.random_story(5, num_frames=49)
+    other = tw.ToyStory([tw.random_scene(np.random.default_rng(9), 49)])
+    reads = _accuracy(tw.render_story(other), story)
+    assert min(reads.values()) < 0.9
+
+
+def test_oracle_embedder_similarity_counts_agreements():
+    emb = tw.OracleEmbedder()
+    t = emb.embed_texts([tw.caption("circle", "red", "blue", "left"), tw.caption("circle", "red", "green", "up")])
+    sim = cosine_similarity_matrix(t, t)
+    assert sim[0, 1].item() == pytest.approx((1 + 2) / 5)  # constant + shape + colour agree
+    frames = tw.render_story(tw.ToyStory([tw.ToyScene("circle", "red", "blue", "left", 17, 45.0, 32.0)]))
+    f = emb.embed_frames(frames)
+    s_tf = cosine_similarity_matrix(t, f)
+    assert s_tf[0].min().item() == pytest.approx(1.0, abs=1e-6)
+    assert s_tf[1, 8].item() == pytest.approx(3 / 5, abs=1e-6)
+
+
+def test_metrics_on_toy_videos_rank_faithful_above_blended():
+    story = tw.random_story(2, num_frames=49, num_scenes=3)
+    timeline = story.timeline()
+    emb = tw.OracleEmbedder()
+    good = evaluate_video(emb, tw.render_story(story), timeline)
+    # "video-level prompting" failure: the first scene all along
+    first = tw.ToyStory([tw.ToyScene(**{**story.scenes[0].__dict__, "frames": 49})])
+    stuck = evaluate_video(emb, tw.render_story(first), timeline)
+    assert good.confusion_degree < stuck.confusion_degree
+    assert good.frame_consistency > 0.95 > stuck.frame_consistency
+    s = cosine_similarity_matrix(emb.embed_texts([s.caption for s in timeline.scenes]),
+                                 emb.embed_texts([s.caption for s in timeline.scenes]))
+    assert confusion_degree(s, s).cd == 0.0
+
+
+def test_story_text_splits_back_with_the_offline_builder():
+    from framecap_core.prompting.offline import offline_timeline
+
+    story = tw.random_story(7, num_frames=97, num_scenes=3)
+    timeline = offline_timeline(tw.story_text(story), num_frames=97)
+    assert [tw.parse_caption(s.caption) for s in timeline.scenes] == [s.attributes() for s in story.scenes]
+
+
+def test_story_from_timeline_draws_the_captions():
+    timeline = parse_timeline([tw.caption("square", "yellow", "black", "down"),
+                               tw.caption("triangle", "white", "red", "still")], num_frames=33)
+    story = tw.story_from_timeline(timeline, seed=1)
+    reads = tw.read_video_attributes(tw.render_story(story))
+    assert reads[5] == tw.parse_caption(timeline.scenes[0].caption)
+    assert reads[28] == tw.parse_caption(timeline.scenes[1].caption)
+    assert torch.is_tensor(tw.OracleEmbedder().embed_video(tw.render_story(story)))
