@@ -316,8 +316,9 @@ def resolve_model_source(
                     f"(e.g. wan2.1_t2v_1.3B_fp16.safetensors) and this file with its own option."
                 )
             explicit["transformer_file"] = explicit["transformer_file"] or path
-            # ComfyUI layout: models/diffusion_models/<file> beside models/vae and models/text_encoders.
-            found = _merge_found(path.parent, path.parent.parent)
+            # ComfyUI layout: models/diffusion_models/<file> beside models/vae and models/text_encoders (or clip).
+            siblings = [path.parent.parent / name for name in ("vae", "text_encoders", "clip")]
+            found = _merge_found(path.parent, *siblings)
             explicit["vae_file"] = explicit["vae_file"] or _pick_single(found["vae"], "VAE", "--vae-file", path.parent)
             explicit["text_encoder_file"] = explicit["text_encoder_file"] or _pick_single(
                 found["text_encoder"], "text encoder", "--text-encoder-file", path.parent

@@ -260,6 +260,23 @@ def test_transformer_file_as_source_finds_its_neighbours(tiny_wan, written):
     assert torch.equal(_out(model.transformer), _out(_rounded(tiny_wan.transformer, torch.float16)))
 
 
+def test_comfyui_models_layout(tiny_wan, written, tmp_path):
+    """models/diffusion_models/<transformer> finds models/vae and models/text_encoders by itself."""
+    import shutil
+
+    layout = {"diffusion_models": "transformer_bf16", "vae": "vae", "text_encoders": "umt5_fp16"}
+    for folder, key in layout.items():
+        (tmp_path / folder).mkdir()
+        shutil.copy(written[key], tmp_path / folder / written[key].name)
+    transformer = tmp_path / "diffusion_models" / written["transformer_bf16"].name
+    model = models.load_wan(transformer, config_dir=written["diffusers"], dtype="fp32", frame_level=False)
+    assert str(tmp_path / "vae") in model.source and str(tmp_path / "text_encoders") in model.source
+    assert torch.equal(_out(model.transformer), _out(_rounded(tiny_wan.transformer, torch.bfloat16)))
+    # the models/ root itself: one file of each kind, found by their tensor names
+    from_root = models.resolve_model_source(tmp_path, config_dir=written["diffusers"])
+    assert from_root.transformer_file == transformer and from_root.vae_file.parent.name == "vae"
+
+
 # ------------------------------------------------------------------------------------------ fine-tunes and LoRA
 
 
