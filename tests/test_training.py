@@ -122,14 +122,14 @@ def _held_out_loss(model, config, cache) -> float:
 
 
 def test_loss_falls(tmp_path, cache_dir):
-    config = _config(tmp_path, cache_dir, max_steps=40, checkpoint_every=0, learning_rate=3e-3)
+    config = _config(tmp_path, cache_dir, max_steps=25, checkpoint_every=0, learning_rate=5e-3)
     cache = LatentCache(cache_dir)
     model = make_tiny_transformer(0)
     from framecap_core.attention import install_frame_level_attention
 
     before = _held_out_loss(install_frame_level_attention(make_tiny_transformer(0), TEXT_LEN), config, cache)
     result = train(config, transformer=model, progress=False, log=lambda s: None)
-    assert len(result.losses) == 40 and all(math.isfinite(x) for x in result.losses)
+    assert len(result.losses) == 25 and all(math.isfinite(x) for x in result.losses)
     model.eval()
     after = _held_out_loss(model, config, cache)
     assert after < 0.8 * before, (before, after)
@@ -162,24 +162,44 @@ def test_resume_is_exact(tmp_path, cache_dir):
     assert files <= {".safetensors", ".json", ".jsonl"}, files
 
 
-def test_df_noise_is_logged_with_the_configured_distribution(tmp_path, cache_dir):
-    config = _config(tmp_path, cache_dir, max_steps=30, batch_size=3, checkpoint_every=0, learning_rate=1e-4,
-                     df_step_size_range=[0.05, 0.2], df_zero_step_prob=0.5, df_shift=3.0)
+def test_df_noise_has_the_configured_distribution(tmp_path, cache_dir):
+    config = _config(tmp_path, cache_dir, batch_size=4, df_step_size_range=[0.05, 0.2], df_zero_step_prob=0.5,
+                     df_shift=3.0)
+    cache = LatentCache(cache_dir)
+    batches = [draw_batch(cache, config, step, 0) for step in range(100)]
+    draws = [d for b in batches for d in b["draws"]]
+    assert len(draws) == 400
+    counts = [sum(d["reference"] == r for d in draws) for r in range(4)]
+    assert all(60 < c < 140 for c in counts), counts  # uniform over the 4 frames (100 expected each)
+    zero = sum(d["step_size"] == 0.0 for d in draws) / len(draws)
+    assert 0.38 < zero < 0.62  # p = 0.5
+    steps = torch.tensor([d["step_size"] for d in draws if d["step_size"] != 0.0])
+    assert steps.min() >= 0.05 and steps.max() <= 0.2 and abs(steps.mean().item() - 0.125) < 0.015
+    # levels are shift(U[0,1]) with shift 3: un-shifting them gives uniform samples
+    levels = torch.tensor([d["level"] for d in draws], dtype=torch.float64)
+    uniform = levels / (3.0 - 2.0 * levels)
+    assert torch.allclose(shift_sigmas(uniform, 3.0), levels, atol=1e-12)
+    assert abs(uniform.mean().item() - 0.5) < 0.05 and abs((uniform < 0.25).double().mean().item() - 0.25) < 0.07
+    # each sample's sigmas are exactly clip(level + (f - r) * step, 0, 1)
+    for b in batches[:10]:
+        for row, d in zip(b["sigmas"], b["draws"]):
+            expect = (d["level"] + (torch.arange(4.0) - d["reference"]) * d["step_size"]).clamp(0, 1)
+            assert torch.allclose(row, expect, atol=1e-6)
+    assert {d["offset"] for d in draws} == {0, 1, 2}  # random crops, including mid-clip windows
+    assert len({d["clip"] for d in draws}) == 4
+
+
+def test_each_step_logs_its_df_noise(tmp_path, cache_dir):
+    config = _config(tmp_path, cache_dir, max_steps=3, batch_size=2, gradient_accumulation_steps=2,
+                     checkpoint_every=0, learning_rate=1e-4)
     train(config, transformer=make_tiny_transformer(0), progress=False, log=lambda s: None)
     records = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
-    draws = [d for r in records for d in r["df"]]
-    assert len(draws) == 90
-    assert {d["reference"] for d in draws} <= set(range(4)) and len({d["reference"] for d in draws}) == 4
-    zero = [d for d in draws if d["step_size"] == 0.0]
-    assert 0.25 < len(zero) / len(draws) < 0.75  # p = 0.5; outside this band has probability < 1e-5
-    assert all(0.05 <= d["step_size"] <= 0.2 for d in draws if d["step_size"] != 0.0)
-    # levels are shift(U[0,1]) with shift 3: un-shifting gives uniform samples
-    uniform = torch.tensor([d["level"] / (3.0 - 2.0 * d["level"]) for d in draws])
-    assert torch.allclose(torch.tensor([shift_sigmas(u.item(), 3.0) for u in uniform]),
-                          torch.tensor([d["level"] for d in draws]), atol=1e-5)
-    assert 0.35 < uniform.mean().item() < 0.65 and uniform.min() >= 0 and uniform.max() <= 1
-    offsets = {d["offset"] for d in draws}
-    assert offsets == {0, 1, 2}
+    assert [r["step"] for r in records] == [1, 2, 3]
+    cache = LatentCache(cache_dir)
+    for r in records:
+        expect = [d for micro in range(2) for d in draw_batch(cache, config, r["step"] - 1, micro)["draws"]]
+        assert r["df"] == expect  # reference frame, level, step size, clip and crop of every sample
+        assert math.isfinite(r["loss"]) and r["lr"] == 1e-4
 
 
 def test_non_finite_loss_raises_numerical_error(tmp_path, cache_dir):
