@@ -157,6 +157,22 @@ def test_single_file_transformer(tiny_wan, written, key, dtype):
     assert torch.equal(_out(model.transformer), _out(reference))
 
 
+def test_single_files_load_as_diffusers_from_single_file_does(written):
+    """Our loader and diffusers' own single-file loader (offline, local config) give the same weights."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    ours = models.load_transformer(written["transformer_fp16"], config=written["diffusers"], dtype="fp32")
+    stock = WanTransformer3DModel.from_single_file(
+        str(written["transformer_fp16"]), config=str(written["diffusers"]), subfolder="transformer",
+        torch_dtype=torch.float32,
+    )
+    assert ours.state_dict().keys() == stock.state_dict().keys()
+    assert all(torch.equal(v, stock.state_dict()[k]) for k, v in ours.state_dict().items())
+    vae = models.load_vae(written["vae"], config=written["diffusers"])
+    stock_vae = AutoencoderKLWan.from_single_file(str(written["vae"]), config=str(written["diffusers"]), subfolder="vae")
+    assert all(torch.equal(v, stock_vae.state_dict()[k]) for k, v in vae.state_dict().items())
+
+
 def test_single_file_transformer_in_bf16_keeps_fp32_modules(written):
     transformer = models.load_transformer(written["transformer_fp16"], config=written["diffusers"], dtype="bf16")
     assert transformer.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
