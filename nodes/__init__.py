@@ -1,4 +1,44 @@
-"""FrameCap nodes (ComfyUI V1 API). Each node is a thin adapter over one ``framecap_core`` function."""
+"""FrameCap nodes (ComfyUI V1 API). Each node is a thin adapter over one ``framecap_core`` function.
 
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+Importing this package registers the node classes only: no torch, no model, no network (heavy imports happen
+when a node runs). When the pack is cloned into ``ComfyUI/custom_nodes`` without ``pip install``, the repository
+root is appended to ``sys.path`` so that ``framecap_core`` (which lives beside this folder) imports.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+if importlib.util.find_spec("framecap_core") is None:  # pragma: no cover - depends on how the pack is installed
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from .model_nodes import FrameCapTextEncode, FrameCapWanLoader  # noqa: E402
+from .output_nodes import FrameCapSaveVideo  # noqa: E402
+from .sampler_nodes import FrameCapDecode, FrameCapDFScheduler, FrameCapPMWDSampler  # noqa: E402
+from .timeline_nodes import FrameCapPromptBuilder, FrameCapTimeline  # noqa: E402
+
+NODE_CLASS_MAPPINGS = {
+    "FrameCapPromptBuilder": FrameCapPromptBuilder,
+    "FrameCapTimeline": FrameCapTimeline,
+    "FrameCapWanLoader": FrameCapWanLoader,
+    "FrameCapTextEncode": FrameCapTextEncode,
+    "FrameCapDFScheduler": FrameCapDFScheduler,
+    "FrameCapPMWDSampler": FrameCapPMWDSampler,
+    "FrameCapDecode": FrameCapDecode,
+    "FrameCapSaveVideo": FrameCapSaveVideo,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "FrameCapPromptBuilder": "Frame-Level Prompt Builder (FrameCap)",
+    "FrameCapTimeline": "Timeline (FrameCap)",
+    "FrameCapWanLoader": "Frame-Level Wan Loader (FrameCap)",
+    "FrameCapTextEncode": "Frame-Level Text Encode (FrameCap)",
+    "FrameCapDFScheduler": "Diffusion Forcing Scheduler (FrameCap)",
+    "FrameCapPMWDSampler": "PMWD KSampler (FrameCap)",
+    "FrameCapDecode": "Decode Wan Video (FrameCap)",
+    "FrameCapSaveVideo": "Save Video + Storyboard (FrameCap)",
+}
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

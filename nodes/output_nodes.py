@@ -1,0 +1,79 @@
+"""Output node: the mp4, its storyboard PNG and its timeline JSON in ComfyUI's output folder."""
+
+from __future__ import annotations
+
+from framecap_core.errors import ConfigError
+
+from . import comfy_compat
+from .sampler_nodes import latent_info, settings_legend
+
+CATEGORY = "FrameCap"
+
+
+class FrameCapSaveVideo:
+    """Save the video, the storyboard and the timeline."""
+
+    DESCRIPTION = (
+        "Saves the frames as an H.264 mp4 in ComfyUI's output folder, with a storyboard PNG beside it (the timeline "
+        "as coloured scenes, the sampler's windows, one frame per scene, the settings) and the timeline JSON, and "
+        "shows the storyboard. Connect the KSampler's latent (or a timeline) to get the storyboard."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("video_path",)
+    OUTPUT_TOOLTIPS = ("Absolute path of the saved mp4.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "Video frames [T, H, W, 3] in 0..1 (from FrameCap Decode)."}),
+                "filename_prefix": ("STRING", {"default": "FrameCap/video",
+                                    "tooltip": "File name prefix inside the output folder; may hold sub-folders."}),
+                "fps": ("INT", {"default": 0, "min": 0, "max": 120,
+                                "tooltip": "Frames per second of the mp4; 0 = the timeline's fps (16 without one)."}),
+                "storyboard": ("BOOLEAN", {"default": True,
+                               "tooltip": "Also write and show the storyboard PNG (needs the latent or timeline)."}),
+            },
+            "optional": {
+                "latent": ("LATENT", {"tooltip": "The PMWD KSampler's latent: gives the storyboard its timeline, "
+                                                 "windows and settings."}),
+                "timeline": ("FRAMECAP_TIMELINE", {"tooltip": "The timeline, when no KSampler latent is connected."}),
+            },
+        }
+
+    def save(self, images, filename_prefix, fps, storyboard, latent=None, timeline=None):
+        from framecap_core.fileio import atomic_write_text
+        from framecap_core.timeline import Timeline
+        from framecap_core.video import frames_to_uint8, render_storyboard, write_mp4
+
+        info = latent_info(latent)
+        if timeline is None and info is not None:
+            timeline = Timeline.from_dict(info["timeline"])
+        frames = frames_to_uint8(images)
+        rate = int(fps) or (timeline.fps if timeline is not None else 16)
+        try:
+            video_path, subfolder, video_name = comfy_compat.next_output_path(filename_prefix, "mp4")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        write_mp4(frames, video_path, fps=rate)
+        ui_images = []
+        if timeline is not None:
+            atomic_write_text(video_path.with_suffix(".timeline.json"), timeline.to_json() + "\n")
+            if storyboard:
+                if timeline.num_frames != frames.shape[0]:
+                    raise ConfigError(
+                        f"The timeline has {timeline.num_frames} frames but the video {frames.shape[0]}; connect the "
+                        "timeline (or latent) of this video, or turn storyboard off."
+                    )
+                board = video_path.with_name(video_path.name[: -len(".mp4")] + ".storyboard.png")
+                last = frames.shape[0] - 1
+                scene_frames = [frames[min((s.start + s.end - 1) // 2, last)] for s in timeline.scenes]
+                spans = [tuple(span) for span in info["window_spans"]] if info else []
+                legend = settings_legend(info) if info else {"fps": rate}
+                render_storyboard(timeline, window_spans=spans, scene_frames=scene_frames, path=board,
+                                  title=f"FrameCap: {video_name}", settings=legend)
+                ui_images.append({"filename": board.name, "subfolder": subfolder, "type": "output"})
+        return {"ui": {"images": ui_images}, "result": (str(video_path),)}
