@@ -719,6 +719,9 @@ def train(
 
     model, optimizer = accelerator.prepare(transformer, optimizer)
     unwrapped = accelerator.unwrap_model(model)
+    scaler = getattr(accelerator, "scaler", None)  # fp16 loss scaling: its scale is part of an exact resume
+    if resume_from is not None and scaler is not None and state.get("extra", {}).get("scaler"):
+        scaler.load_state_dict(state["extra"]["scaler"])
     device = accelerator.device
     log_path = output_dir / "train_log.jsonl"
     if accelerator.is_main_process:
@@ -793,7 +796,8 @@ def train(
             if want_checkpoint:
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
-                    last_checkpoint = save_checkpoint(output_dir, done, unwrapped, optimizer, config)
+                    extra = {"scaler": scaler.state_dict()} if scaler is not None else {}
+                    last_checkpoint = save_checkpoint(output_dir, done, unwrapped, optimizer, config, extra)
                 accelerator.wait_for_everyone()
     finally:
         bar.close()

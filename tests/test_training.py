@@ -202,6 +202,25 @@ def test_each_step_logs_its_df_noise(tmp_path, cache_dir):
         assert math.isfinite(r["loss"]) and r["lr"] == 1e-4
 
 
+def test_gradient_checkpointing_and_bf16_autocast(tmp_path, cache_dir):
+    from accelerate.state import AcceleratorState
+
+    plain = train(_config(tmp_path / "a", cache_dir, max_steps=2, checkpoint_every=0),
+                  transformer=make_tiny_transformer(0), progress=False, log=lambda s: None)
+    checkpointed = train(_config(tmp_path / "b", cache_dir, max_steps=2, checkpoint_every=0,
+                                 gradient_checkpointing=True),
+                         transformer=make_tiny_transformer(0), progress=False, log=lambda s: None)
+    assert checkpointed.losses == plain.losses  # recomputation changes memory, not maths
+    AcceleratorState._reset_state(True)  # accelerate keeps one mixed-precision setting per process
+    try:
+        bf16 = train(_config(tmp_path / "c", cache_dir, max_steps=2, checkpoint_every=0, mixed_precision="bf16"),
+                     transformer=make_tiny_transformer(0), progress=False, log=lambda s: None)
+    finally:
+        AcceleratorState._reset_state(True)
+    assert all(math.isfinite(x) for x in bf16.losses)
+    assert bf16.losses != plain.losses and abs(bf16.losses[0] - plain.losses[0]) < 0.05 * plain.losses[0]
+
+
 def test_non_finite_loss_raises_numerical_error(tmp_path, cache_dir):
     model = make_tiny_transformer(0)
     with torch.no_grad():
