@@ -63,6 +63,7 @@ __all__ = [
     "LatentCache",
     "ManifestWriter",
     "build_latent_cache",
+    "cached_clip_ids",
     "clip_latent_captions",
     "read_clip_frames",
     "read_manifest",
@@ -498,7 +499,8 @@ def build_latent_cache(
         prefix="shard" if count == 1 else f"shard-{index_no}of{count}",
     )
     summary = CacheSummary(clips=len(records))
-    todo = [r for r in records if r.clip_id not in writer.done]
+    cached = writer.done | cached_clip_ids(cache_dir)  # clips in any index (e.g. of an earlier sharded build)
+    todo = [r for r in records if r.clip_id not in cached]
     summary.skipped = len(records) - len(todo)
     with writer:
         for record in tqdm(todo, desc="caching latents", disable=not progress, unit="clip"):
@@ -526,6 +528,17 @@ def build_latent_cache(
             writer.add(record.clip_id, latents, text, latent_index, unique)
             summary.cached += 1
     return summary
+
+
+def cached_clip_ids(cache_dir: str | os.PathLike) -> set[str]:
+    """Clip ids recorded in every index file of a latent cache folder (empty when there is none)."""
+    ids: set[str] = set()
+    for path in Path(cache_dir).glob("index*.json"):
+        try:
+            ids.update(json.loads(path.read_text(encoding="utf-8")).get("clips", {}))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return ids
 
 
 class LatentCache:

@@ -41,31 +41,46 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def cache_exists(cache_dir: str) -> bool:
-    return bool(cache_dir) and any(Path(cache_dir).glob("index*.json"))
+def cache_is_complete(config: TrainConfig) -> bool:
+    """True when every clip of the manifest is in the cache (or there is no manifest and a cache exists)."""
+    from framecap_core.data import cached_clip_ids, read_manifest
+
+    cached = cached_clip_ids(config.cache_dir) if config.cache_dir else set()
+    if not config.manifest:
+        return bool(cached)
+    return {r.clip_id for r in read_manifest(config.manifest)} <= cached
 
 
 def build_cache(config: TrainConfig, progress: bool) -> None:
-    """Encode the manifest's clips with the base model's VAE and text encoder into ``config.cache_dir``."""
+    """Encode the manifest's clips with the base model's VAE and text encoder into ``config.cache_dir``.
+
+    Under ``accelerate launch`` every process encodes its share of the clips (``shard = rank / world``) and all
+    wait for each other before training starts.
+    """
     import torch
+    from accelerate import PartialState
 
     from framecap_core import models, text
     from framecap_core.data import build_latent_cache
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    state = PartialState()
+    device = state.device if torch.cuda.is_available() else torch.device("cpu")
     vae = models.load_vae(config.vae or config.base_model, config=config.model_config, device=device)  # fp32
     encoder = text.load_caption_encoder(config.text_encoder or config.base_model, config=config.model_config,
                                         device=device, text_len=config.text_len)
     summary = build_latent_cache(
         config.manifest, config.cache_dir, vae=vae, encode_text=encoder, height=config.height, width=config.width,
-        device=device, progress=progress,
+        device=device, shard=(state.process_index, state.num_processes),
+        progress=progress and state.is_local_main_process,
     )
-    print(f"latent cache: {summary.cached} clips encoded, {summary.skipped} already cached, {summary.failed} failed")
+    print(f"latent cache (process {state.process_index}): {summary.cached} clips encoded, {summary.skipped} already "
+          f"cached, {summary.failed} failed")
     for failure in summary.failures:
         print(f"  failed: {failure}")
     del vae, encoder
-    if device == "cuda":
+    if device.type == "cuda":
         torch.cuda.empty_cache()
+    state.wait_for_everyone()
 
 
 def main(argv=None) -> int:
@@ -79,7 +94,7 @@ def main(argv=None) -> int:
         config = TrainConfig.from_file(args.config, overrides)
 
         # 2. the latent cache: built once from the manifest (VAE + text encoder), then training never runs them
-        if not cache_exists(config.cache_dir):
+        if not cache_is_complete(config):
             if not config.manifest:
                 raise FrameCapError(
                     f"No latent cache in {config.cache_dir!r} and no manifest to build one from; set manifest (made by "
