@@ -308,3 +308,31 @@ def test_cache_writer_rejects_bad_shapes(tmp_path):
             w.add("x", torch.zeros(16, 3, 2, 2), torch.zeros(2, 4, 8), [0, 1, 2])
         with pytest.raises(DatasetError, match="not finite"):
             w.add("x", torch.full((16, 3, 2, 2), float("nan")), torch.zeros(2, 4, 8), [0, 1, 1])
+
+
+def test_build_dataset_script(built, videos, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "training" / "build_dataset.py"
+    spec = importlib.util.spec_from_file_location("framecap_build_dataset", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out, _, _ = built
+    annotations = tmp_path / "ann.jsonl"
+    annotations.write_text("".join(
+        json.dumps({"clip_id": r.clip_id, "captions": r.captions}) + "\n" for r in read_manifest(out / "manifest.jsonl")
+    ))
+    small = ["--min-duration", "2", "--clip-seconds", "1", "--phash-frames", "4", "--phash-threshold", "8",
+             "--no-progress"]
+    for i in range(2):
+        assert script.main([str(videos), "--out", str(tmp_path), "--shard", f"{i}/2", "--annotations",
+                            str(annotations), *small]) == 0
+    assert script.main(["--merge", *map(str, sorted(tmp_path.glob("manifest.*-of-2.jsonl"))), "--out",
+                        str(tmp_path)]) == 0
+    assert len(read_manifest(tmp_path / "manifest.jsonl")) == 8
+    report = capsys.readouterr().out
+    assert "clips written: 4" in report and "near-duplicates dropped: 1" in report and "merged 2 manifests" in report
+    with pytest.raises(SystemExit):
+        script.main([str(videos), "--out", str(tmp_path), "--shard", "2/2"])
+    assert script.main([str(videos), "--out", str(tmp_path), "--trim", "0.7", *small]) == 2  # DatasetError, exit 2
