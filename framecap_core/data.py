@@ -354,6 +354,12 @@ class CacheWriter:
         settings: recorded in the index (``height``, ``width``, ...); reopening a cache with different ``height`` /
             ``width`` raises ``DatasetError``.
         index_name / prefix: index file and shard name prefix (distinct per machine when sharding a build).
+        text_dtype: storage dtype of caption embeddings (``"bfloat16"`` halves the disk; the transformer reads
+            them in bf16 under mixed precision anyway). Latents are kept in float32.
+
+    Caption embeddings are zero past each caption's token count (Wan's convention), so only the first
+    ``max(token count)`` rows of a clip's captions are stored; :class:`LatentCache` pads them back to ``text_len``.
+    At 512 x 4096 per UMT5 caption this is most of the cache's size.
     """
 
     def __init__(
@@ -364,7 +370,13 @@ class CacheWriter:
         shard_size: int = 64,
         index_name: str = CACHE_INDEX,
         prefix: str = "shard",
+        text_dtype: str = "bfloat16",
     ):
+        import torch
+
+        if text_dtype not in ("float32", "bfloat16", "float16"):
+            raise DatasetError(f"text_dtype must be float32, bfloat16 or float16; got {text_dtype!r}.")
+        self.text_dtype = getattr(torch, text_dtype)
         self.root = Path(cache_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self.index_path = self.root / index_name
@@ -415,13 +427,16 @@ class CacheWriter:
             raise DatasetError(f"clip {clip_id}: caption_index must lie in [0, {text.shape[0]}).")
         if not torch.isfinite(latents).all() or not torch.isfinite(text).all():
             raise DatasetError(f"clip {clip_id}: latents or caption embeddings are not finite; check the VAE / encoder.")
+        used = torch.nonzero(text.abs().amax(dim=(0, 2)) > 0)
+        stored = int(used.max()) + 1 if used.numel() else 1  # rows past every caption's tokens are all zero
         self._pending[f"{clip_id}/latents"] = latents
-        self._pending[f"{clip_id}/text"] = text
+        self._pending[f"{clip_id}/text"] = text[:, :stored].to(self.text_dtype).contiguous()
         self._pending[f"{clip_id}/caption_index"] = index
         self._pending_meta[clip_id] = {
             "num_latents": int(latents.shape[1]),
             "latent_shape": list(latents.shape),
             "text_shape": list(text.shape),
+            "text_stored": stored,
             "captions": list(captions),
         }
         if len(self._pending_meta) >= self.shard_size:
@@ -464,13 +479,15 @@ def build_latent_cache(
     device: Any = "cpu",
     dtype: Any = None,
     shard: tuple[int, int] = (0, 1),
+    text_dtype: str = "bfloat16",
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> CacheSummary:
     """Encode every clip of ``manifest`` into safetensors shards under ``cache_dir``; resumable.
 
     Per clip ``<id>`` the shard holds ``<id>/latents [C, L, h, w]`` (normalized, float32), ``<id>/text
-    [U, text_len, text_dim]`` (the clip's unique captions, float32) and ``<id>/caption_index [L]`` (int64).
+    [U, stored, text_dim]`` (the clip's unique captions up to their longest token count, bf16 by default; read
+    back zero-padded to ``text_len``) and ``<id>/caption_index [L]`` (int64).
     ``index.json`` maps each clip to its shard and records the settings; clips already indexed are skipped.
     Unreadable clips are logged, counted and skipped.
 
@@ -497,6 +514,7 @@ def build_latent_cache(
         shard_size=shard_size,
         index_name=CACHE_INDEX if count == 1 else f"index.{index_no}-of-{count}.json",
         prefix="shard" if count == 1 else f"shard-{index_no}of{count}",
+        text_dtype=text_dtype,
     )
     summary = CacheSummary(clips=len(records))
     cached = writer.done | cached_clip_ids(cache_dir)  # clips in any index (e.g. of an earlier sharded build)
@@ -592,9 +610,19 @@ class LatentCache:
         return {
             "clip_id": clip_id,
             "latents": handle.get_tensor(f"{clip_id}/latents"),
-            "text": handle.get_tensor(f"{clip_id}/text"),
+            "text": self._padded_text(handle.get_tensor(f"{clip_id}/text"), self.meta[clip_id]["text_shape"][1]),
             "caption_index": handle.get_tensor(f"{clip_id}/caption_index"),
         }
+
+    @staticmethod
+    def _padded_text(text, text_len: int):
+        """Stored caption rows ``[U, stored, D]`` -> ``[U, text_len, D]`` float32, zero-padded as the encoder gave."""
+        import torch
+
+        text = text.float()
+        if text.shape[1] < text_len:
+            text = torch.cat([text, text.new_zeros(text.shape[0], text_len - text.shape[1], text.shape[2])], dim=1)
+        return text
 
     @property
     def min_latents(self) -> int:

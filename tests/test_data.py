@@ -336,3 +336,20 @@ def test_build_dataset_script(built, videos, tmp_path, capsys):
     with pytest.raises(SystemExit):
         script.main([str(videos), "--out", str(tmp_path), "--shard", "2/2"])
     assert script.main([str(videos), "--out", str(tmp_path), "--trim", "0.7", *small]) == 2  # DatasetError, exit 2
+
+
+def test_cache_stores_caption_rows_up_to_the_longest_caption(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    text = torch.zeros(3, 16, 8)
+    for u, tokens in enumerate((3, 7, 5)):  # zero past each caption's token count, as Wan's encoder gives
+        text[u, :tokens] = torch.randn(tokens, 8, generator=g)
+    latents = torch.randn(16, 4, 2, 2, generator=g)
+    for dtype, atol in (("float32", 0.0), ("bfloat16", 1e-2)):
+        with CacheWriter(tmp_path / dtype, text_dtype=dtype) as w:
+            w.add("c", latents, text, [0, 1, 2, 2], ["a", "b", "c"])
+        cache = LatentCache(tmp_path / dtype)
+        assert cache.meta["c"]["text_stored"] == 7 and cache.text_len == 16
+        item = cache[0]
+        assert item["text"].shape == (3, 16, 8) and item["text"].dtype == torch.float32
+        assert torch.allclose(item["text"], text, atol=atol, rtol=atol) and torch.equal(item["latents"], latents)
+        assert torch.count_nonzero(item["text"][:, 7:]) == 0
