@@ -286,10 +286,21 @@ def test_lora_training_and_export(tmp_path, cache_dir):
         base = make_tiny_transformer(0)(hidden_states=x, timestep=torch.tensor([300.0]), encoder_hidden_states=ctx)[0]
     assert torch.allclose(a, b, atol=1e-5)
     assert not torch.allclose(a, base, atol=1e-4)
+    # ... and so does framecap_core's loader, which merges it into the weights
+    from framecap_core.models import apply_checkpoint
+
+    merged_by_loader = make_tiny_transformer(0)
+    assert apply_checkpoint(merged_by_loader, result.export_path) == "lora"
+    with torch.no_grad():
+        d = merged_by_loader(hidden_states=x, timestep=torch.tensor([300.0]), encoder_hidden_states=ctx)[0]
+    assert torch.allclose(a, d, atol=1e-5)
     # merged full export of a LoRA run equals the adapted model
     merged = export_transformer(model, tmp_path / "merged.safetensors", format="diffusers", config=config)
     plain = make_tiny_transformer(0)
     plain.load_state_dict(load_file(str(merged)), strict=True)
+    from framecap_core.models import apply_checkpoint
+
+    assert apply_checkpoint(make_tiny_transformer(0), merged) == "full"
     with torch.no_grad():
         c = plain(hidden_states=x, timestep=torch.tensor([300.0]), encoder_hidden_states=ctx)[0]
     assert torch.allclose(a, c, atol=1e-5)
