@@ -569,7 +569,8 @@ class LatentCache:
         if not indexes:
             raise DatasetError(
                 f"No latent cache in {str(self.root)!r} (no index.json); build it with "
-                f"`python training/finetune.py --config ... --build-cache` or framecap_core.data.build_latent_cache."
+                f"`python training/finetune.py --config ... --cache-only` (config with a manifest) or "
+                f"framecap_core.data.build_latent_cache."
             )
         clips: dict[str, dict[str, Any]] = {}
         self.settings: dict[str, Any] = {}

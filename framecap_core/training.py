@@ -107,13 +107,13 @@ class TrainConfig:
     resume: str | None = None  # "latest", a checkpoint folder, or None
     log_every: int = 1
     report_to: str = "tensorboard"  # tensorboard | none
-    export_format: str = "diffusers"  # diffusers | original | lora | none
+    export_format: str = "diffusers"  # diffusers | original | lora | lora_original | none
 
     _CHOICES = {
         "lr_schedule": ("constant", "linear", "cosine"),
         "mixed_precision": ("no", "bf16", "fp16"),
         "report_to": ("tensorboard", "none"),
-        "export_format": ("diffusers", "original", "lora", "none"),
+        "export_format": ("diffusers", "original", "lora", "lora_original", "none"),
     }
 
     def __post_init__(self) -> None:
@@ -137,8 +137,11 @@ class TrainConfig:
             raise ConfigError(f"text_len must be an integer >= 1 or null (from the cache); got {self.text_len!r}.")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0; got {self.learning_rate!r} (e.g. 1e-5).")
-        if self.export_format == "lora" and self.lora_rank == 0:
-            raise ConfigError("export_format='lora' needs lora_rank > 0; set lora_rank (e.g. 32) or export 'diffusers'.")
+        if self.export_format.startswith("lora") and self.lora_rank == 0:
+            raise ConfigError(
+                f"export_format={self.export_format!r} needs lora_rank > 0; set lora_rank (e.g. 32) or export "
+                f"'diffusers' / 'original'."
+            )
         if len(self.df_step_size_range) != 2:
             raise ConfigError(f"df_step_size_range must be [low, high]; got {self.df_step_size_range!r}.")
         self.df_noise()  # validates the DF settings
@@ -561,7 +564,9 @@ def export_transformer(
         - ``"original"``: full state dict in original Wan key names with the ``model.diffusion_model.`` prefix
           (drop it into ComfyUI's ``models/diffusion_models``);
         - ``"lora"``: only the LoRA weights, keys ``transformer.<module>.lora_A/B.weight`` (diffusers' LoRA format),
-          the adapter config under the ``lora_adapter_metadata`` metadata key.
+          the adapter config under the ``lora_adapter_metadata`` metadata key;
+        - ``"lora_original"``: the same LoRA with original Wan module names behind ``diffusion_model.``
+          (``diffusion_model.blocks.0.self_attn.q.lora_A.weight``), the layout ComfyUI's LoRA loader reads for Wan.
 
     Metadata (strings): ``framecap_format``, ``framecap_version``, ``base_model``, ``training_config`` (JSON),
     ``step``, ``text_len`` (tokens per caption it was trained with), ``frame_level_attention`` ("true": install it
@@ -572,13 +577,18 @@ def export_transformer(
     from . import __version__
     from .fileio import atomic_path
 
-    if format == "lora":
+    if format in ("lora", "lora_original"):
         from peft.utils import get_peft_model_state_dict
 
-        state = {f"transformer.{k}": v.detach().cpu().contiguous() for k, v in
-                 get_peft_model_state_dict(transformer).items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
         if not state:
-            raise ConfigError("export format 'lora' needs a LoRA-trained model (lora_rank > 0).")
+            raise ConfigError(f"export format {format!r} needs a LoRA-trained model (lora_rank > 0).")
+        if format == "lora":
+            state = {f"transformer.{k}": v for k, v in state.items()}
+        else:
+            from .tiny import transformer_to_original_keys
+
+            state = transformer_to_original_keys(state, prefix="diffusion_model.")
     elif format in ("diffusers", "original"):
         state = _merged_state_dict(transformer)
         if format == "original":
@@ -586,7 +596,7 @@ def export_transformer(
 
             state = transformer_to_original_keys(state, prefix="model.diffusion_model.")
     else:
-        raise ConfigError(f"Unknown export format {format!r}; use diffusers, original or lora.")
+        raise ConfigError(f"Unknown export format {format!r}; use diffusers, original, lora or lora_original.")
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     from .attention import frame_level_text_len
@@ -601,7 +611,7 @@ def export_transformer(
         "frame_level_attention": "true",
         "step": "" if step is None else str(step),
     }
-    if format == "lora":
+    if format.startswith("lora"):
         cfg = config or TrainConfig(lora_rank=8)
         metadata["lora_adapter_metadata"] = json.dumps({
             "r": cfg.lora_rank,
@@ -684,7 +694,9 @@ def train(
         )
     if cache is None:
         if not config.cache_dir:
-            raise ConfigError("cache_dir is not set; build a latent cache first (training/finetune.py --build-cache).")
+            raise ConfigError(
+                "cache_dir is not set; set it (training/finetune.py builds the cache there from the manifest)."
+            )
         cache = LatentCache(config.cache_dir)
     if cache.min_latents < config.window_latents:
         raise ConfigError(
@@ -807,7 +819,8 @@ def train(
     final_step = max(end_step, start_step)
     export_path = None
     if final_step >= config.max_steps and config.export_format != "none" and accelerator.is_main_process:
-        suffix = {"diffusers": "", "original": "_comfyui", "lora": "_lora"}[config.export_format]
+        suffix = {"diffusers": "", "original": "_comfyui", "lora": "_lora", "lora_original": "_lora_comfyui"}[
+            config.export_format]
         export_path = export_transformer(
             unwrapped, output_dir / f"framecap_transformer{suffix}.safetensors", format=config.export_format,
             config=config, base_model=config.base_model, step=final_step,

@@ -294,6 +294,14 @@ def test_lora_training_and_export(tmp_path, cache_dir):
     with torch.no_grad():
         d = merged_by_loader(hidden_states=x, timestep=torch.tensor([300.0]), encoder_hidden_states=ctx)[0]
     assert torch.allclose(a, d, atol=1e-5)
+    comfy = export_transformer(model, tmp_path / "lora_comfy.safetensors", format="lora_original", config=config)
+    keys = set(load_file(str(comfy)))
+    assert "diffusion_model.blocks.0.self_attn.q.lora_A.weight" in keys and "diffusion_model.blocks.1.cross_attn.o.lora_B.weight" in keys
+    merged_comfy = make_tiny_transformer(0)
+    assert apply_checkpoint(merged_comfy, comfy) == "lora"
+    with torch.no_grad():
+        e = merged_comfy(hidden_states=x, timestep=torch.tensor([300.0]), encoder_hidden_states=ctx)[0]
+    assert torch.allclose(a, e, atol=1e-5)
     # merged full export of a LoRA run equals the adapted model
     merged = export_transformer(model, tmp_path / "merged.safetensors", format="diffusers", config=config)
     plain = make_tiny_transformer(0)
