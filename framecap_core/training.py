@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -274,11 +275,16 @@ def _derived_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_order(num_clips: int, seed: int, epoch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(_derived_seed(seed, "epoch", epoch))
+    return torch.randperm(num_clips, generator=generator)
+
+
 def clip_for_sample(position: int, num_clips: int, seed: int) -> int:
     """Clip of the ``position``-th sample drawn in a run: epochs walk a seeded permutation of the clips."""
     epoch, within = divmod(position, num_clips)
-    generator = torch.Generator().manual_seed(_derived_seed(seed, "epoch", epoch))
-    return int(torch.randperm(num_clips, generator=generator)[within])
+    return int(_epoch_order(num_clips, seed, epoch)[within])
 
 
 def draw_batch(cache, config: TrainConfig, step: int, micro: int, rank: int = 0, world: int = 1) -> dict[str, Any]:
@@ -639,6 +645,7 @@ class TrainResult:
 
 
 def _flat_hparams(config: TrainConfig) -> dict[str, Any]:
+    # TensorBoard's hparams take only scalars and strings
     return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config.to_dict().items()}
 
 
