@@ -1,0 +1,275 @@
+"""Write the bundled example workflows (ComfyUI UI / LiteGraph format, version 0.4) into this folder.
+
+    python workflows/build_workflows.py           # rewrite the .json files
+    python workflows/build_workflows.py --check   # exit 1 if a committed file differs from what this writes
+
+The JSON files are the product (ComfyUI's template browser lists them; users drag them in); this script only keeps
+them consistent: every widget value is given by input name and laid out in the node's ``INPUT_TYPES`` order, with
+the extra ``control_after_generate`` value after the seed, exactly as the ComfyUI frontend saves a graph.
+Defaults run on the bundled toy model (64 x 64, seconds on a CPU); the loader node carries ComfyUI's model hints
+for the real Wan2.1 files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+WAN_REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+MODEL_HINTS = [
+    {"name": "wan2.1_t2v_1.3B_fp16.safetensors",
+     "url": f"{WAN_REPACKAGED}/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors?download=true",
+     "directory": "diffusion_models"},
+    {"name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+     "url": f"{WAN_REPACKAGED}/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors?download=true",
+     "directory": "text_encoders"},
+    {"name": "wan_2.1_vae.safetensors",
+     "url": f"{WAN_REPACKAGED}/vae/wan_2.1_vae.safetensors?download=true",
+     "directory": "vae"},
+]
+
+# Toy-model defaults: 64 x 64 frames, short windows, few steps.
+TOY_SIZE = {"width": 64, "height": 64}
+TOY_SCHEDULE = {"steps": 8, "shift": 5.0, "solver": "auto", "df_step": 0, "causal_block_size": 1}
+TOY_WINDOW = {"window": 33, "overlap": 12, "fusion": "flat", "window_batch_size": 0}
+SECONDS, FPS = 8.0, 16
+
+TOY_STORY = (
+    "A red circle moves left on a blue background. Then a yellow square moves up on a black background. "
+    "Finally a white triangle stays still on a green background."
+)
+TOY_TIMELINE = (
+    "0s-3s: a red circle moves left on a blue background\n"
+    "3s-5.5s: a yellow square moves up on a black background\n"
+    "5.5s-8s: a white triangle stays still on a green background"
+)
+
+REAL_MODEL_NOTE = (
+    "## Real Wan2.1 model\n"
+    "The defaults run on the **toy** model bundled with FrameCap (64x64, seconds on a CPU). For real videos:\n\n"
+    "1. Put `wan2.1_t2v_1.3B_fp16.safetensors` in `models/diffusion_models`, "
+    "`umt5_xxl_fp8_e4m3fn_scaled.safetensors` in `models/text_encoders` and `wan_2.1_vae.safetensors` in "
+    "`models/vae` (or a diffusers folder in `models/diffusers`).\n"
+    "2. In the **Frame-Level Wan Loader** pick the transformer file, the VAE and the text encoder.\n"
+    "3. In the sampler set 832 x 480, window 81, overlap 28; in the scheduler 30-50 steps, shift 5.\n"
+)
+
+
+def load_pack():
+    """Import the pack as ComfyUI does (the repository folder as a module)."""
+    name = "framecap_pack_builder"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _is_widget(spec) -> bool:
+    kind = spec[0]
+    return isinstance(kind, (list, tuple)) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+class Graph:
+    def __init__(self, mappings: dict):
+        self.mappings = mappings
+        self.nodes: list[dict] = []
+        self.links: list[list] = []
+
+    def note(self, text: str, pos, size=(420, 260), title: str = "Note") -> int:
+        node_id = len(self.nodes) + 1
+        self.nodes.append({"id": node_id, "type": "Note", "pos": list(pos), "size": list(size), "flags": {},
+                           "order": 0, "mode": 0, "inputs": [], "outputs": [], "title": title,
+                           "properties": {}, "widgets_values": [text], "color": "#432", "bgcolor": "#653"})
+        return node_id
+
+    def add(self, type_name: str, pos, size, widgets: dict | None = None, links: dict | None = None,
+            title: str | None = None, properties: dict | None = None) -> int:
+        """Add a node; ``widgets`` by input name (missing ones take the node's default), ``links`` maps an input
+        name to ``(node_id, output_slot)``."""
+        cls = self.mappings[type_name]
+        spec = cls.INPUT_TYPES()
+        widgets = dict(widgets or {})
+        links = dict(links or {})
+        node_id = len(self.nodes) + 1
+        inputs, values = [], []
+        for section in ("required", "optional"):
+            for name, input_spec in spec.get(section, {}).items():
+                options = input_spec[1] if len(input_spec) > 1 else {}
+                if _is_widget(input_spec):
+                    value = widgets.pop(name, options.get("default"))
+                    if value is None and isinstance(input_spec[0], (list, tuple)):
+                        value = input_spec[0][0]
+                    values.append(value)
+                    if options.get("control_after_generate"):
+                        values.append("fixed")
+                    continue
+                link = links.pop(name, None)
+                if link is None and section == "required":
+                    raise ValueError(f"{type_name}: required input {name!r} is not connected")
+                if link is None:
+                    continue
+                link_id = len(self.links) + 1
+                source, slot = link
+                self.links.append([link_id, source, slot, node_id, len(inputs), input_spec[0]])
+                inputs.append({"name": name, "type": input_spec[0], "link": link_id})
+                source_node = self.nodes[source - 1]
+                source_node["outputs"][slot]["links"].append(link_id)
+        if widgets or links:
+            raise ValueError(f"{type_name}: unknown inputs {sorted(widgets) + sorted(links)}")
+        outputs = [
+            {"name": name, "type": kind, "links": [], "slot_index": slot}
+            for slot, (kind, name) in enumerate(zip(cls.RETURN_TYPES, getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)))
+        ]
+        node = {"id": node_id, "type": type_name, "pos": list(pos), "size": list(size), "flags": {}, "order": 0,
+                "mode": 0, "inputs": inputs, "outputs": outputs,
+                "properties": {"Node name for S&R": type_name, **(properties or {})}, "widgets_values": values}
+        if title:
+            node["title"] = title
+        self.nodes.append(node)
+        return node_id
+
+    def to_json(self) -> dict:
+        # Execution order as the frontend stores it: a topological order of the graph (notes first).
+        order, done = {}, set()
+        incoming = {n["id"]: {link[1] for link in self.links if link[3] == n["id"]} for n in self.nodes}
+        while len(done) < len(self.nodes):
+            ready = sorted(i for i, deps in incoming.items() if i not in done and deps <= done)
+            for i in ready:
+                order[i] = len(done)
+                done.add(i)
+        for node in self.nodes:
+            node["order"] = order[node["id"]]
+        return {
+            "last_node_id": len(self.nodes),
+            "last_link_id": len(self.links),
+            "nodes": self.nodes,
+            "links": self.links,
+            "groups": [],
+            "config": {},
+            "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}},
+            "version": 0.4,
+        }
+
+
+def _model_chain(g: Graph, timeline_node: int, y: int = 0) -> tuple[int, int, int]:
+    """Loader, text encode and scheduler: returns their node ids."""
+    loader = g.add("FrameCapWanLoader", (0, y + 420), (400, 250), {"model": "toy"},
+                   properties={"models": MODEL_HINTS})
+    encode = g.add("FrameCapTextEncode", (460, y + 300), (400, 200), {"negative": ""},
+                   {"model": (loader, 0), "timeline": (timeline_node, 0)})
+    schedule = g.add("FrameCapDFScheduler", (460, y + 560), (400, 180), TOY_SCHEDULE)
+    return loader, encode, schedule
+
+
+def _sample_decode_save(g: Graph, loader: int, encode: int, schedule: int, method: str, prefix: str, x: int,
+                        y: int, seed: int = 42) -> int:
+    sampler = g.add("FrameCapPMWDSampler", (x, y), (400, 380),
+                    {**TOY_SIZE, "seed": seed, "guidance": 5.0, "method": method, **TOY_WINDOW},
+                    {"model": (loader, 0), "conditioning": (encode, 0), "schedule": (schedule, 0)},
+                    title=f"PMWD KSampler ({method})")
+    decode = g.add("FrameCapDecode", (x + 460, y), (300, 80), {}, {"model": (loader, 0), "latent": (sampler, 0)})
+    g.add("FrameCapSaveVideo", (x + 460, y + 130), (360, 420), {"filename_prefix": prefix},
+          {"images": (decode, 0), "latent": (sampler, 0)})
+    return sampler
+
+
+def story_to_video(mappings) -> dict:
+    g = Graph(mappings)
+    g.note(
+        "## Story -> long multi-scene video\n"
+        "The **Frame-Level Prompt Builder** splits the story into scenes with exact frame spans and one standalone "
+        "caption each. Backend **offline** (default) needs no key or network; **gemini** uses Google Gemini and reads "
+        "the key only from the GEMINI_API_KEY or GOOGLE_API_KEY environment variable of the ComfyUI process.\n\n"
+        "**Frame-Level Text Encode** encodes each distinct caption once; the **PMWD KSampler** denoises overlapping "
+        "windows in parallel and fuses them (Parallel Multi-Window Denoising), every latent frame attending only to "
+        "its own caption. **Save Video + Storyboard** writes the mp4, a storyboard PNG and the timeline JSON into "
+        "the output folder.",
+        (-480, 0), (440, 330), "About this workflow")
+    g.note(REAL_MODEL_NOTE, (-480, 380), (440, 300), "Use the real Wan2.1 model")
+    builder = g.add("FrameCapPromptBuilder", (0, 0), (400, 360),
+                    {"story": TOY_STORY, "seconds": SECONDS, "fps": FPS, "backend": "offline"})
+    loader, encode, schedule = _model_chain(g, builder)
+    _sample_decode_save(g, loader, encode, schedule, "pmwd", "FrameCap/story", 920, 0)
+    return g.to_json()
+
+
+def timeline_to_video(mappings) -> dict:
+    g = Graph(mappings)
+    g.note(
+        "## Hand-written timeline -> video\n"
+        "Write one scene per line as `start-end: caption` (seconds, e.g. `0s-3s: ...`), or timestamps "
+        "(`0:03 caption`), keyframes in frames (`0: caption`), one caption per line (equal split) or the canonical "
+        "JSON a Prompt Builder outputs. Spans snap to whole latents (4 frames).\n\n"
+        "Each caption should describe its scene on its own (name the subject, the place, the action): the model "
+        "sees only the caption of the frame it is drawing.",
+        (-480, 0), (440, 300), "About this workflow")
+    g.note(REAL_MODEL_NOTE, (-480, 360), (440, 300), "Use the real Wan2.1 model")
+    timeline = g.add("FrameCapTimeline", (0, 0), (400, 260), {"text": TOY_TIMELINE, "seconds": SECONDS, "fps": FPS})
+    loader, encode, schedule = _model_chain(g, timeline)
+    _sample_decode_save(g, loader, encode, schedule, "pmwd", "FrameCap/timeline", 920, 0)
+    return g.to_json()
+
+
+def compare_methods(mappings) -> dict:
+    g = Graph(mappings)
+    g.note(
+        "## PMWD vs sliding window vs FIFO\n"
+        "The same model, timeline, captions, seed and schedule through three long-video methods:\n\n"
+        "- **pmwd**: Parallel Multi-Window Denoising: all windows denoised at every step from the same noisy video, "
+        "predictions averaged where windows overlap, one step for the whole video.\n"
+        "- **sliding**: windows one after another, each keeping `overlap` frames of the previous one as context "
+        "(errors can accumulate).\n"
+        "- **fifo**: FIFO-Diffusion, a queue with increasing noise levels (its step count is the window length in "
+        "latents).\n\n"
+        "Compare the three storyboards: scene changes should land on the timeline's boundaries.",
+        (-480, 0), (440, 380), "About this workflow")
+    g.note(REAL_MODEL_NOTE, (-480, 430), (440, 300), "Use the real Wan2.1 model")
+    timeline = g.add("FrameCapTimeline", (0, 0), (400, 260), {"text": TOY_TIMELINE, "seconds": SECONDS, "fps": FPS})
+    loader, encode, schedule = _model_chain(g, timeline)
+    for row, method in enumerate(("pmwd", "sliding", "fifo")):
+        _sample_decode_save(g, loader, encode, schedule, method, f"FrameCap/compare_{method}", 920, row * 600)
+    return g.to_json()
+
+
+WORKFLOWS = {
+    "framecap_story_to_video.json": story_to_video,
+    "framecap_timeline_to_video.json": timeline_to_video,
+    "framecap_compare_pmwd_sliding_fifo.json": compare_methods,
+}
+
+
+def render(builder) -> str:
+    return json.dumps(builder(load_pack().NODE_CLASS_MAPPINGS), indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, builder in WORKFLOWS.items():
+        text = render(builder)
+        path = HERE / name
+        if args.check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(name)
+        else:
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path}")
+    if stale:
+        print(f"out of date: {', '.join(stale)}; run python workflows/build_workflows.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
