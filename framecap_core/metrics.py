@@ -37,7 +37,9 @@ __all__ = [
     "cosine_similarity_matrix",
     "evaluate_video",
     "frame_text_consistency",
+    "format_table",
     "global_caption",
+    "mean_std",
     "sample_frame_indices",
     "video_text_similarity",
 ]
@@ -319,3 +321,36 @@ def evaluate_video(
         per_frame_cd=cd.per_frame.tolist(),
         frames=idx,
     )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------------------------------
+
+TABLE_COLUMNS = (
+    ("confusion_degree", "Confusion Degree ↓"),
+    ("video_consistency", "Video-level Text-Video Consistency ↑"),
+    ("frame_consistency", "Frame-level Text-Video Consistency ↑"),
+)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and (population) standard deviation, as the paper's ``mean ± std``."""
+    arr = np.asarray(list(values), dtype=np.float64)
+    if arr.size == 0:
+        return float("nan"), float("nan")
+    return float(arr.mean()), float(arr.std())
+
+
+def format_table(rows: Sequence[tuple[str, Sequence[dict[str, float]]]], columns=TABLE_COLUMNS,
+                 label: str = "Method") -> str:
+    """A Markdown table: one row per ``(name, [score dicts])`` with ``mean ± std`` of each column over the dicts."""
+    header = f"| {label} | n | " + " | ".join(title for _, title in columns) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + 2)]
+    for name, scores in rows:
+        cells = []
+        for key, _ in columns:
+            m, s = mean_std([d[key] for d in scores if key in d])
+            cells.append(f"{m:.4f} ± {s:.4f}")
+        lines.append(f"| {name} | {len(scores)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -193,3 +193,39 @@ def test_clip_embedder_from_local_folder(tmp_path):
 def test_clip_embedder_missing_folder(tmp_path):
     with pytest.raises(ModelLoadError, match="not a CLIP folder"):
         ClipEmbedder(tmp_path / "nope")
+
+
+# ------------------------------------------------------------------------------------------------ framecap eval
+
+
+def test_framecap_eval_scores_a_folder(tmp_path, capsys):
+    from framecap_core import toyworld as tw
+    from framecap_core.cli import main
+    from framecap_core.video import write_mp4
+
+    for method, faithful in (("good", True), ("stuck", False)):
+        folder = tmp_path / method
+        folder.mkdir()
+        for seed in range(2):
+            story = tw.random_story(seed, num_frames=49, num_scenes=3)
+            shown = story if faithful else tw.ToyStory([tw.ToyScene(**{**story.scenes[0].__dict__, "frames": 49})])
+            write_mp4(tw.render_story(shown), folder / f"v{seed}.mp4", fps=16)
+            (folder / f"v{seed}.timeline.json").write_text(story.timeline().to_json())
+    out_json = tmp_path / "scores.json"
+    assert main(["eval", str(tmp_path), "--embedder", "toy", "--json", str(out_json)]) == 0
+    table = capsys.readouterr().out
+    assert "| good | 2 |" in table and "| stuck | 2 |" in table and "Confusion Degree" in table
+    rows = json.loads(out_json.read_text())["rows"]
+    good = [s["confusion_degree"] for s in rows["good"]]
+    stuck = [s["confusion_degree"] for s in rows["stuck"]]
+    assert max(good) < min(stuck)
+    assert min(s["frame_consistency"] for s in rows["good"]) > 0.9
+
+
+def test_framecap_eval_errors(tmp_path, capsys):
+    from framecap_core.cli import main
+
+    assert main(["eval", str(tmp_path)]) == 1
+    assert "No .mp4 videos" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path), "--embedder", "vbench"]) == 1
+    assert "Unknown embedder" in capsys.readouterr().err
