@@ -20,7 +20,8 @@ def tiny(tmp_path_factory):
 
     paths = save_tiny_wan(tmp_path_factory.mktemp("tiny"), formats=("diffusers", "comfy"), text_len=8)
     # model defaults carried by the folder: used for every option not given on the command line
-    defaults = {"text_len": 8, "defaults": {"width": 32, "height": 48, "steps": 2, "window": 9, "overlap": 4}}
+    defaults = {"text_len": 8, "defaults": {"width": 32, "height": 48, "steps": 2, "window": 9, "overlap": 4,
+                                              "seconds": 2}}
     (paths["diffusers"] / "framecap.json").write_text(json.dumps(defaults))
     return paths
 
@@ -80,6 +81,9 @@ def test_dry_run_applies_model_defaults_and_flags_win(tiny, capsys):
                  "--dry-run", "--steps", "5", "--width", "64"]) == 0
     out = capsys.readouterr().out
     assert "of 6x8" in out and "5 steps" in out
+    # a timeline without a length takes the model's default length (2 s -> 33 frames)
+    assert main(["generate", "--model", str(tiny["diffusers"]), "--timeline", TIMELINE, "--dry-run"]) == 0
+    assert "33 frames = 9 latents" in capsys.readouterr().out
 
 
 def _check_outputs(out_path, num_frames, h, w):

@@ -190,6 +190,7 @@ def resolve_options(args) -> dict[str, Any]:
         flag = getattr(args, name, None)
         values[name] = flag if flag is not None else from_model.get(name, builtin.get(name))
     values["seed"] = args.seed if args.seed is not None else 0
+    values["model_seconds"] = from_model.get("seconds")
     return values
 
 
@@ -209,6 +210,9 @@ def build_timeline(args, opts: dict[str, Any]):
         return parse_timeline(args.timeline, num_frames=num_frames, fps=fps)
     except TimelineError as exc:
         if num_frames is None and "does not say how long" in str(exc):
+            if opts.get("model_seconds") is not None:  # the model folder's default length
+                return parse_timeline(args.timeline, num_frames=frames_for_seconds(float(opts["model_seconds"]), fps),
+                                      fps=fps)
             raise TimelineError(f"{exc} On the command line: add --seconds S.") from None
         raise
 
