@@ -140,7 +140,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     smp.add_argument("--width", type=int, default=None, help=f"width in pixels, multiple of 16 (default: {d['width']})")
     smp.add_argument("--height", type=int, default=None,
                      help=f"height in pixels, multiple of 16 (default: {d['height']})")
-    smp.add_argument("--fps", type=int, default=None, help=f"frames per second (default: {d['fps']})")
+    smp.add_argument("--fps", type=int, default=None, help=f"frames per second, for seconds -> frames and the mp4 (default: {d['fps']}; a "
+                          f"canonical timeline JSON's own fps wins)")
     smp.add_argument("--window-batch-size", type=int, default=None, metavar="K",
                      help="PMWD windows per transformer call (default: all windows of a step at once; lower it to "
                           "save memory)")
@@ -224,7 +225,7 @@ def build_settings(opts: dict[str, Any], args):
         method=opts["method"], window=int(opts["window"]), overlap=int(opts["overlap"]), fusion=opts["fusion"],
         df_step=int(opts["df_step"]), causal_block_size=int(opts["causal_block_size"]), steps=int(opts["steps"]),
         guidance=float(opts["guidance"]), shift=float(opts["shift"]), solver=opts["solver"], seed=int(opts["seed"]),
-        width=int(opts["width"]), height=int(opts["height"]), fps=int(opts["fps"]), dtype=args.dtype,
+        width=int(opts["width"]), height=int(opts["height"]), fps=None, dtype=args.dtype,
         device=args.device, window_batch_size=opts["window_batch_size"], negative=opts["negative"],
         lookahead=bool(args.lookahead),
     ).validate()
@@ -318,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
 
-    fps = int(settings.fps or timeline.fps)
+    fps = int(timeline.fps)  # the timeline's frames are laid out at its own fps
     write_mp4(result.frames, out, fps=fps)
     atomic_write_text(out.with_name(out.stem + ".timeline.json"), timeline.to_json() + "\n")
     written = [str(out)]
