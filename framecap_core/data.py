@@ -1129,7 +1129,8 @@ def build_dataset(
         lines = []
         for info in mine:
             for plan in plan_clips(info, config):
-                lines.append(json.dumps(asdict(plan), ensure_ascii=False))
+                lines.append(json.dumps({**asdict(plan), "source": str(Path(plan.source).resolve())},
+                                        ensure_ascii=False))
         atomic_write_text(out / f"plan{suffix}.jsonl", "".join(line + "\n" for line in lines))
         summary.clips_planned = len(lines)
         return summary

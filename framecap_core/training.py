@@ -735,6 +735,13 @@ def train(
         state = load_checkpoint(resume_from, transformer, optimizer)
         start_step = int(state["step"])
         log(f"resumed from {resume_from} at step {start_step}")
+        ignore = {"resume", "max_steps", "output_dir", "cache_dir", "manifest", "base_model", "checkpoint_every",
+                  "keep_checkpoints", "log_every", "report_to", "export_format"}
+        saved, now = state.get("config", {}), config.to_dict()
+        changed = sorted(k for k in now if k not in ignore and k in saved and saved[k] != now[k])
+        if changed:
+            log(f"warning: settings changed since the checkpoint ({', '.join(changed)}); the run continues with the "
+                f"new values, so it will not follow the loss curve of an uninterrupted run.")
 
     model, optimizer = accelerator.prepare(transformer, optimizer)
     unwrapped = accelerator.unwrap_model(model)
