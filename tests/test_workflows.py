@@ -1,0 +1,242 @@
+"""The bundled workflows: valid UI-format graphs, in sync with their generator, free of secrets, and runnable end to
+end (with the test executor here; in a real ComfyUI server when ``COMFYUI_PATH`` points to a checkout)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from comfy_executor import FRONTEND_ONLY, load_pack, map_widgets, run_workflow, workflow_to_api
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+PACK = load_pack(ROOT)
+MAPPINGS = PACK.NODE_CLASS_MAPPINGS
+compat = sys.modules[f"{PACK.__name__}.nodes.comfy_compat"]
+TINY = "diffusers: tiny/diffusers"
+SIZE = 16  # executor runs: 16 x 16 frames keep the tiny VAE fast; the graphs' own sizes are checked separately
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _toy_available() -> bool:
+    return (ROOT / "framecap_core" / "toy_model" / "model_index.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def comfy_dirs(tmp_path_factory):
+    from framecap_core.tiny import save_tiny_wan
+
+    root = tmp_path_factory.mktemp("comfy_workflows")
+    save_tiny_wan(root / "models" / "diffusers" / "tiny", formats=("diffusers",), text_len=8)
+    compat.set_fallback_dirs(root / "models", root / "output")
+    return root
+
+
+def test_there_are_the_three_workflows():
+    names = {p.name for p in WORKFLOWS}
+    assert {"framecap_story_to_video.json", "framecap_timeline_to_video.json",
+            "framecap_compare_pmwd_sliding_fifo.json"} <= names
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_is_a_valid_ui_graph(path):
+    wf = _load(path)
+    assert wf["version"] == 0.4
+    ids = [n["id"] for n in wf["nodes"]]
+    assert len(ids) == len(set(ids)) and wf["last_node_id"] >= max(ids)
+    assert wf["last_link_id"] >= max(link[0] for link in wf["links"])
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    for node in wf["nodes"]:
+        for key in ("id", "type", "pos", "size", "inputs", "outputs", "widgets_values", "mode", "order"):
+            assert key in node, f"node {node['id']} lacks {key}"
+        assert len(node["pos"]) == 2 and len(node["size"]) == 2
+        if node["type"] in FRONTEND_ONLY:
+            continue
+        cls = MAPPINGS[node["type"]]
+        map_widgets(node, cls.INPUT_TYPES())  # widget count, combos in their lists, numbers in range
+        assert [o["type"] for o in node["outputs"]] == list(cls.RETURN_TYPES)
+    for link_id, src, src_slot, dst, dst_slot, kind in wf["links"]:
+        assert nodes[src]["outputs"][src_slot]["type"] == kind and link_id in nodes[src]["outputs"][src_slot]["links"]
+        assert nodes[dst]["inputs"][dst_slot]["link"] == link_id and nodes[dst]["inputs"][dst_slot]["type"] == kind
+    for node in wf["nodes"]:  # every required socket is connected
+        if node["type"] in FRONTEND_ONLY:
+            continue
+        connected = {i["name"] for i in node["inputs"] if i["link"] is not None}
+        for name, spec in MAPPINGS[node["type"]].INPUT_TYPES()["required"].items():
+            if not isinstance(spec[0], list) and spec[0] not in ("INT", "FLOAT", "STRING", "BOOLEAN"):
+                assert name in connected, f"{path.name}: node {node['id']} input {name} unconnected"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_explains_itself_and_defaults_to_the_toy_model(path):
+    wf = _load(path)
+    notes = [n for n in wf["nodes"] if n["type"] in ("Note", "MarkdownNote")]
+    assert notes and all(len(n["widgets_values"][0]) > 100 for n in notes)
+    loaders = [n for n in wf["nodes"] if n["type"] == "FrameCapWanLoader"]
+    assert loaders and all(n["widgets_values"][0] == "toy" for n in loaders)
+    hints = {m["name"]: m for n in loaders for m in n["properties"]["models"]}
+    assert hints["wan2.1_t2v_1.3B_fp16.safetensors"]["directory"] == "diffusion_models"
+    assert hints["umt5_xxl_fp8_e4m3fn_scaled.safetensors"]["directory"] == "text_encoders"
+    assert hints["wan_2.1_vae.safetensors"]["directory"] == "vae"
+    assert all(m["url"].startswith("https://") and m["name"] in m["url"] for m in hints.values())
+    builders = [n for n in wf["nodes"] if n["type"] == "FrameCapPromptBuilder"]
+    assert all(n["widgets_values"][3] == "offline" for n in builders)  # runs without a key
+
+
+def test_workflows_match_their_generator():
+    out = subprocess.run([sys.executable, str(ROOT / "workflows" / "build_workflows.py"), "--check"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_holds_no_secret(path):
+    text = path.read_text(encoding="utf-8")
+    for name, value in os.environ.items():
+        if re.search(r"KEY|TOKEN|SECRET|PASSWORD", name) and len(value) >= 8:
+            assert value not in text, f"{path.name} contains the value of ${name}"
+    assert not re.search(r"AIza[0-9A-Za-z_\-]{20,}", text)  # Google API key shape
+    for node in _load(path)["nodes"]:
+        for entry in node["inputs"]:
+            assert not re.search(r"key|token|secret|password", entry["name"], re.I)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_runs_end_to_end(path, comfy_dirs):
+    from framecap_core.video import read_mp4
+
+    wf = _load(path)
+    overrides = {"FrameCapPMWDSampler": {"width": SIZE, "height": SIZE}}
+    if not _toy_available():
+        overrides["FrameCapWanLoader"] = {"model": TINY}
+    results = run_workflow(wf, MAPPINGS, overrides)
+    saves = [n for n in wf["nodes"] if n["type"] == "FrameCapSaveVideo"]
+    timelines = [results[n["id"]]["outputs"][0] for n in wf["nodes"]
+                 if n["type"] in ("FrameCapTimeline", "FrameCapPromptBuilder")]
+    assert saves and len(timelines) == 1
+    num_frames = timelines[0].num_frames
+    assert num_frames == 129  # 8 s at 16 fps
+    written = set()
+    for node in saves:
+        out = results[node["id"]]
+        video = Path(out["outputs"][0])
+        assert video.is_file() and video.is_relative_to(comfy_dirs / "output")
+        assert read_mp4(video).shape == (num_frames, SIZE, SIZE, 3)
+        board = video.parent / out["ui"]["images"][0]["filename"]
+        assert board.is_file() and board.suffix == ".png"
+        written.add(video)
+    assert len(written) == len(saves)  # one file per save node
+
+
+# ----------------------------------------------------------------------------------------------- real ComfyUI
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 10.0):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def _post(url: str, data: dict):
+    request = urllib.request.Request(url, data=json.dumps(data).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="set COMFYUI_PATH to a ComfyUI checkout")
+def test_workflows_run_in_a_real_comfyui(tmp_path):
+    """Start ComfyUI (``--cpu``, free local port) with the pack linked into an extra custom_nodes folder, convert each
+    workflow with ``/object_info``, queue it, wait for ``/history`` and check the saved video.
+
+    ``COMFYUI_PYTHON`` picks ComfyUI's interpreter (default: this one); ``FRAMECAP_COMFY_FULL=1`` runs the
+    workflows at their own sizes instead of 16 x 16."""
+    from framecap_core.tiny import save_tiny_wan
+    from framecap_core.video import read_mp4
+
+    comfy = Path(os.environ["COMFYUI_PATH"]).resolve()
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    (tmp_path / "custom_nodes").mkdir()
+    os.symlink(ROOT, tmp_path / "custom_nodes" / "framecap", target_is_directory=True)
+    save_tiny_wan(tmp_path / "models" / "diffusers" / "tiny", formats=("diffusers",), text_len=8)
+    (tmp_path / "extra_model_paths.yaml").write_text(
+        f"framecap_test:\n  base_path: {tmp_path}\n  custom_nodes: custom_nodes/\n  diffusers: models/diffusers/\n"
+    )
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "comfyui.log", "w")
+    server = subprocess.Popen(
+        [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+         "--extra-model-paths-config", str(tmp_path / "extra_model_paths.yaml"),
+         "--output-directory", str(tmp_path / "output"), "--temp-directory", str(tmp_path / "temp")],
+        cwd=comfy, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.time() + 180
+        info = None
+        while time.time() < deadline:
+            if server.poll() is not None:
+                break
+            try:
+                info = _get(f"{url}/object_info", timeout=30)
+                break
+            except OSError:
+                time.sleep(1)
+        assert info is not None, (tmp_path / "comfyui.log").read_text()[-4000:]
+        missing = sorted(set(MAPPINGS) - set(info))
+        assert not missing, f"ComfyUI did not load {missing}:\n" + (tmp_path / "comfyui.log").read_text()[-4000:]
+        overrides = {}
+        if os.environ.get("FRAMECAP_COMFY_FULL") != "1":
+            overrides["FrameCapPMWDSampler"] = {"width": SIZE, "height": SIZE}
+        if not _toy_available():
+            overrides["FrameCapWanLoader"] = {"model": TINY}
+        for path in WORKFLOWS:
+            wf = _load(path)
+            prompt = workflow_to_api(wf, info, overrides)
+            queued = _post(f"{url}/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
+            assert not queued.get("node_errors"), queued
+            prompt_id = queued["prompt_id"]
+            deadline = time.time() + 600
+            entry = None
+            while time.time() < deadline:
+                history = _get(f"{url}/history/{prompt_id}")
+                if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                    entry = history[prompt_id]
+                    if entry["status"].get("status_str") in ("success", "error"):
+                        break
+                time.sleep(1)
+            assert entry is not None, f"{path.name} did not finish"
+            assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-4000:]
+            saves = [str(n["id"]) for n in wf["nodes"] if n["type"] == "FrameCapSaveVideo"]
+            for node_id in saves:
+                image = entry["outputs"][node_id]["images"][0]
+                board = tmp_path / "output" / image["subfolder"] / image["filename"]
+                video = board.with_name(board.name.replace(".storyboard.png", ".mp4"))
+                assert board.is_file() and video.is_file()
+                frames = read_mp4(video)
+                assert frames.shape[0] == 129 and frames.shape[3] == 3
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+        os.unlink(tmp_path / "custom_nodes" / "framecap")  # the link only, never the repository behind it
