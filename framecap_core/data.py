@@ -294,6 +294,36 @@ def _resize_center_crop(frame: np.ndarray, height: int, width: int) -> np.ndarra
     return np.asarray(image.crop((left, top, left + width, top + height)))
 
 
+def read_video_frames(path: str | os.PathLike, indices: Iterable[int]) -> dict[int, np.ndarray]:
+    """Frames at ``indices`` of a video: ``{index: [H, W, 3] uint8}``.
+
+    Indices are visited in increasing order; ffmpeg reads forward over short gaps and seeks over long ones, so a
+    few clips of a long video cost about their own length. Raises :class:`DatasetError` for an unreadable file or
+    one that ends early.
+    """
+    import imageio.v2 as imageio
+
+    wanted = sorted(set(int(i) for i in indices))
+    frames: dict[int, np.ndarray] = {}
+    try:
+        reader = imageio.get_reader(os.fspath(path), "ffmpeg")
+    except Exception as exc:
+        raise DatasetError(f"Cannot open video {str(path)!r}: {exc}.") from None
+    try:
+        for i in wanted:
+            frames[i] = np.asarray(reader.get_data(i))[..., :3]
+    except IndexError:
+        raise DatasetError(
+            f"Video {str(path)!r} ended before frame {i} ({len(frames)} of {len(wanted)} frames decoded); it is "
+            f"truncated or reports a wrong length."
+        ) from None
+    except Exception as exc:
+        raise DatasetError(f"Cannot decode video {str(path)!r} at frame {i} ({exc}); the file may be corrupt.") from None
+    finally:
+        reader.close()
+    return frames
+
+
 def read_clip_frames(record: ClipRecord, root: str | os.PathLike, height: int, width: int) -> np.ndarray:
     """The training frames of a clip, resized and center-cropped: ``[F, height, width, 3]`` uint8.
 
@@ -665,17 +695,6 @@ class LatentCache:
         }
 
 
-def iter_chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Perceptual hash (near-duplicate detection)
 # --------------------------------------------------------------------------------------------------------------------
@@ -846,36 +865,6 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     if not (fps > 0 and duration > 0 and math.isfinite(duration)):
         raise DatasetError(f"Video {str(path)!r} reports fps={fps} and duration={duration}; it is not a usable video.")
     return VideoInfo(str(path), fps, int(math.floor(duration * fps + 1e-6)), int(size[0]), int(size[1]))
-
-
-def read_video_frames(path: str | os.PathLike, indices: Iterable[int]) -> dict[int, np.ndarray]:
-    """Frames at ``indices`` of a video: ``{index: [H, W, 3] uint8}``.
-
-    Indices are visited in increasing order; ffmpeg reads forward over short gaps and seeks over long ones, so a
-    few clips of a long video cost about their own length. Raises :class:`DatasetError` for an unreadable file or
-    one that ends early.
-    """
-    import imageio.v2 as imageio
-
-    wanted = sorted(set(int(i) for i in indices))
-    frames: dict[int, np.ndarray] = {}
-    try:
-        reader = imageio.get_reader(os.fspath(path), "ffmpeg")
-    except Exception as exc:
-        raise DatasetError(f"Cannot open video {str(path)!r}: {exc}.") from None
-    try:
-        for i in wanted:
-            frames[i] = np.asarray(reader.get_data(i))[..., :3]
-    except IndexError:
-        raise DatasetError(
-            f"Video {str(path)!r} ended before frame {i} ({len(frames)} of {len(wanted)} frames decoded); it is "
-            f"truncated or reports a wrong length."
-        ) from None
-    except Exception as exc:
-        raise DatasetError(f"Cannot decode video {str(path)!r} at frame {i} ({exc}); the file may be corrupt.") from None
-    finally:
-        reader.close()
-    return frames
 
 
 @dataclass
