@@ -44,6 +44,7 @@ __all__ = [
     "TrainResult",
     "df_flow_matching_loss",
     "draw_batch",
+    "export_checkpoint",
     "export_transformer",
     "frame_timesteps",
     "latest_checkpoint",
@@ -630,6 +631,35 @@ def export_transformer(
     return path
 
 
+def export_checkpoint(
+    checkpoint: str | os.PathLike,
+    path: str | os.PathLike,
+    *,
+    format: str | None = None,  # noqa: A002
+    transformer=None,
+) -> Path:
+    """Export a training checkpoint folder (``step-*``) like the end of a run would: loads the base model named in
+    its config (or takes ``transformer``), re-applies LoRA and the saved weights, writes ``path``.
+
+    ``format`` defaults to the run's ``export_format`` (``"diffusers"`` if that was ``"none"``).
+    """
+    checkpoint = Path(checkpoint)
+    state_path = checkpoint / "state.json"
+    if not state_path.is_file():
+        raise ConfigError(f"{str(checkpoint)!r} is not a FrameCap training checkpoint (no state.json).")
+    state = json.loads(state_path.read_text(encoding="utf-8"))
+    config = TrainConfig.from_dict(state["config"])
+    format = format or (config.export_format if config.export_format != "none" else "diffusers")  # noqa: A001
+    if transformer is None:
+        transformer = load_base_transformer(config)
+    text_len = state.get("extra", {}).get("text_len") or config.text_len or 512
+    transformer = prepare_transformer(transformer, config, text_len)
+    load_checkpoint(checkpoint, transformer)
+    transformer.eval()
+    return export_transformer(transformer, path, format=format, config=config, base_model=config.base_model,
+                              step=int(state["step"]))
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------------------------------
@@ -822,7 +852,9 @@ def train(
             if want_checkpoint:
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
-                    extra = {"scaler": scaler.state_dict()} if scaler is not None else {}
+                    extra = {"text_len": text_len}
+                    if scaler is not None:
+                        extra["scaler"] = scaler.state_dict()
                     last_checkpoint = save_checkpoint(output_dir, done, unwrapped, optimizer, config, extra)
                 accelerator.wait_for_everyone()
     finally:

@@ -398,3 +398,12 @@ def test_finetune_script_end_to_end_and_the_loader_reads_the_export(tmp_path, ca
     trained = load_file(str(latest_checkpoint(tmp_path / "run") / "model.safetensors"))
     tuned_state = tuned.transformer.state_dict()
     assert all(torch.equal(trained[k], tuned_state[k]) for k in trained)
+    # an intermediate checkpoint exports on its own (base model from the run's config)
+    step2 = tmp_path / "run" / "checkpoints" / "step-00000002"
+    assert step2.is_dir()
+    assert finetune.main(["--export-from", str(step2), "--export-format", "diffusers", "--export-path",
+                          str(tmp_path / "step2.safetensors")]) == 0
+    exported = load_file(str(tmp_path / "step2.safetensors"))
+    at_step2 = load_file(str(step2 / "model.safetensors"))
+    assert all(torch.equal(exported[k], at_step2[k]) for k in at_step2)
+    assert not all(torch.equal(exported[k], trained[k]) for k in trained)

@@ -29,7 +29,7 @@ from framecap_core.training import TrainConfig, train  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="training config (.json or .yaml); see training/configs/")
+    parser.add_argument("--config", help="training config (.json or .yaml); see training/configs/")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting (repeatable), value parsed as JSON: --set lora_rank=32")
     parser.add_argument("--resume", help='"latest" or a checkpoint folder (same as --set resume=...)')
@@ -37,8 +37,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output-dir", help="same as --set output_dir=DIR")
     parser.add_argument("--stop-at-step", type=int, help="stop after this many steps in total (with a checkpoint)")
     parser.add_argument("--cache-only", action="store_true", help="build the latent cache and exit")
+    parser.add_argument("--export-from", metavar="CHECKPOINT", help="export a checkpoint folder (step-*) and exit")
+    parser.add_argument("--export-format", choices=("diffusers", "original", "lora", "lora_original"),
+                        help="format for --export-from (default: the run's export_format)")
+    parser.add_argument("--export-path", help="file for --export-from (default: beside the checkpoint)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.config and not args.export_from:
+        parser.error("--config is required (or --export-from CHECKPOINT)")
+    return args
 
 
 def cache_is_complete(config: TrainConfig) -> bool:
@@ -90,6 +97,15 @@ def main(argv=None) -> int:
         if value is not None:
             overrides.append(f"{key}={value}")
     try:
+        # 0. exporting a checkpoint of a run (e.g. an intermediate step) needs only the checkpoint
+        if args.export_from:
+            from framecap_core.training import export_checkpoint
+
+            target = args.export_path or str(Path(args.export_from).resolve()) + f"_{args.export_format or 'export'}"
+            target = target if target.endswith(".safetensors") else target + ".safetensors"
+            print(f"exported: {export_checkpoint(args.export_from, target, format=args.export_format)}")
+            return 0
+
         # 1. settings: the config file, then the command-line overrides
         config = TrainConfig.from_file(args.config, overrides)
 
