@@ -345,3 +345,10 @@ def test_save_video_writes_mp4_storyboard_and_timeline(tiny_run, models_dir):
 
     plain = MAPPINGS["FrameCapSaveVideo"]().save(images[:5], "runs/clip", 8, True)  # no timeline: video only
     assert plain["ui"]["images"] == [] and read_mp4(plain["result"][0]).shape[0] == 5
+
+
+def test_requirements_never_pin_torch():
+    lines = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    names = [re.split(r"[<>=!~\[; ]", line)[0].lower() for line in lines if line]
+    assert names and not {"torch", "torchvision", "torchaudio"} & set(names)
+    assert {"diffusers", "transformers", "safetensors", "imageio-ffmpeg"} <= set(names)

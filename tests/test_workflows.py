@@ -160,6 +160,21 @@ def _post(url: str, data: dict):
         return json.loads(response.read())
 
 
+def _run_prompt(url: str, prompt: dict, timeout: float = 600) -> dict:
+    """Queue an API-format prompt and wait for its ``/history`` entry."""
+    queued = _post(f"{url}/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
+    assert not queued.get("node_errors"), queued
+    prompt_id = queued["prompt_id"]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        history = _get(f"{url}/history/{prompt_id}")
+        status = history.get(prompt_id, {}).get("status", {})
+        if status.get("completed") is not None and status.get("status_str") in ("success", "error"):
+            return history[prompt_id]
+        time.sleep(1)
+    raise AssertionError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="set COMFYUI_PATH to a ComfyUI checkout")
 def test_workflows_run_in_a_real_comfyui(tmp_path):
@@ -202,6 +217,8 @@ def test_workflows_run_in_a_real_comfyui(tmp_path):
         assert info is not None, (tmp_path / "comfyui.log").read_text()[-4000:]
         missing = sorted(set(MAPPINGS) - set(info))
         assert not missing, f"ComfyUI did not load {missing}:\n" + (tmp_path / "comfyui.log").read_text()[-4000:]
+        templates = _get(f"{url}/workflow_templates")  # the template browser lists the bundled workflows
+        assert sorted(templates.get("framecap", [])) == sorted(p.stem for p in WORKFLOWS), templates
         overrides = {}
         if os.environ.get("FRAMECAP_COMFY_FULL") != "1":
             overrides["FrameCapPMWDSampler"] = {"width": SIZE, "height": SIZE}
@@ -209,20 +226,7 @@ def test_workflows_run_in_a_real_comfyui(tmp_path):
             overrides["FrameCapWanLoader"] = {"model": TINY}
         for path in WORKFLOWS:
             wf = _load(path)
-            prompt = workflow_to_api(wf, info, overrides)
-            queued = _post(f"{url}/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
-            assert not queued.get("node_errors"), queued
-            prompt_id = queued["prompt_id"]
-            deadline = time.time() + 600
-            entry = None
-            while time.time() < deadline:
-                history = _get(f"{url}/history/{prompt_id}")
-                if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
-                    entry = history[prompt_id]
-                    if entry["status"].get("status_str") in ("success", "error"):
-                        break
-                time.sleep(1)
-            assert entry is not None, f"{path.name} did not finish"
+            entry = _run_prompt(url, workflow_to_api(wf, info, overrides))
             assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-4000:]
             saves = [str(n["id"]) for n in wf["nodes"] if n["type"] == "FrameCapSaveVideo"]
             for node_id in saves:
@@ -232,6 +236,20 @@ def test_workflows_run_in_a_real_comfyui(tmp_path):
                 assert board.is_file() and video.is_file()
                 frames = read_mp4(video)
                 assert frames.shape[0] == 129 and frames.shape[3] == 3
+        # A FrameCapError reaches the user with the core's message unchanged.
+        from framecap_core.pipeline import GenerationSettings
+
+        bad = {**overrides, "FrameCapPMWDSampler": {**overrides.get("FrameCapPMWDSampler", {}), "window": 19}}
+        entry = _run_prompt(url, workflow_to_api(_load(ROOT / "workflows" / "framecap_timeline_to_video.json"), info,
+                                                 bad))
+        assert entry["status"]["status_str"] == "error"
+        errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+        try:
+            GenerationSettings(window=19).validate()
+        except Exception as exc:  # noqa: BLE001 - the expected ConfigError
+            expected = str(exc)
+        assert errors and errors[0]["exception_message"].strip() == expected
+        assert errors[0]["exception_type"].endswith("ConfigError")
     finally:
         server.terminate()
         try:
