@@ -352,3 +352,29 @@ def test_requirements_never_pin_torch():
     names = [re.split(r"[<>=!~\[; ]", line)[0].lower() for line in lines if line]
     assert names and not {"torch", "torchvision", "torchaudio"} & set(names)
     assert {"diffusers", "transformers", "safetensors", "imageio-ffmpeg"} <= set(names)
+
+
+def test_loader_takes_comfyui_single_files(tmp_path, monkeypatch, models_dir):
+    import torch
+
+    import framecap_core.models as models
+    from framecap_core.tiny import SINGLE_FILE_NAMES, save_tiny_wan
+
+    written = save_tiny_wan(tmp_path / "tiny", formats=("diffusers", "comfy"), seed=0)
+    root = tmp_path / "models"
+    for folder, key in (("diffusion_models", "transformer_fp16"), ("vae", "vae"), ("text_encoders", "umt5_fp8_scaled")):
+        (root / folder).mkdir(parents=True)
+        written[key].rename(root / folder / SINGLE_FILE_NAMES[key])
+    # The tiny architecture stands in for the shipped Wan2.1-1.3B configs that real files are read with.
+    monkeypatch.setattr(models, "SHIPPED_CONFIG_DIR", written["diffusers"])
+    monkeypatch.setattr(compat, "_fallback_models_dir", root)
+    loader = MAPPINGS["FrameCapWanLoader"]
+    required = loader.INPUT_TYPES()["required"]
+    assert SINGLE_FILE_NAMES["vae"] in required["vae_name"][0]
+    assert SINGLE_FILE_NAMES["umt5_fp8_scaled"] in required["text_encoder_name"][0]
+    model = loader().load(SINGLE_FILE_NAMES["transformer_fp16"], SINGLE_FILE_NAMES["vae"],
+                          SINGLE_FILE_NAMES["umt5_fp8_scaled"], "none", 1.0, "fp32", "cpu")[0]
+    reference = models.load_wan(written["diffusers"], device="cpu", dtype="fp32")
+    assert model.frame_level and model.vae is not None and model.text_encoder is not None
+    for (name, got), (_, want) in zip(model.transformer.state_dict().items(), reference.transformer.state_dict().items()):
+        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-3, msg=name)  # stored as fp16
