@@ -34,10 +34,12 @@ MODEL_HINTS = [
      "directory": "vae"},
 ]
 
-# Toy-model defaults: 64 x 64 frames, short windows, few steps.
+# Toy-model defaults (its framecap.json): 64 x 64 frames, windows of 33 frames (its training length), 16 steps,
+# shift 3, guidance 1 (off), as the toy model's framecap.json recommends.
 TOY_SIZE = {"width": 64, "height": 64}
-TOY_SCHEDULE = {"steps": 8, "shift": 5.0, "solver": "auto", "df_step": 0, "causal_block_size": 1}
-TOY_WINDOW = {"window": 33, "overlap": 12, "fusion": "flat", "window_batch_size": 0}
+TOY_SCHEDULE = {"steps": 16, "shift": 3.0, "solver": "auto", "df_step": 0, "causal_block_size": 1}
+TOY_WINDOW = {"window": 33, "overlap": 16, "fusion": "flat", "window_batch_size": 0}
+TOY_GUIDANCE = 1.0
 SECONDS, FPS = 8.0, 16
 
 TOY_STORY = (
@@ -57,7 +59,7 @@ REAL_MODEL_NOTE = (
     "`umt5_xxl_fp8_e4m3fn_scaled.safetensors` in `models/text_encoders` and `wan_2.1_vae.safetensors` in "
     "`models/vae` (or a diffusers folder in `models/diffusers`).\n"
     "2. In the **Frame-Level Wan Loader** pick the transformer file, the VAE and the text encoder.\n"
-    "3. In the sampler set 832 x 480, window 81, overlap 28; in the scheduler 30-50 steps, shift 5.\n"
+    "3. In the sampler set 832 x 480, window 81, overlap 28, guidance 5; in the scheduler 30-50 steps, shift 5.\n"
 )
 
 
@@ -173,7 +175,7 @@ def _model_chain(g: Graph, timeline_node: int, y: int = 0) -> tuple[int, int, in
 def _sample_decode_save(g: Graph, loader: int, encode: int, schedule: int, method: str, prefix: str, x: int,
                         y: int, seed: int = 42) -> int:
     sampler = g.add("FrameCapPMWDSampler", (x, y), (400, 380),
-                    {**TOY_SIZE, "seed": seed, "guidance": 5.0, "method": method, **TOY_WINDOW},
+                    {**TOY_SIZE, "seed": seed, "guidance": TOY_GUIDANCE, "method": method, **TOY_WINDOW},
                     {"model": (loader, 0), "conditioning": (encode, 0), "schedule": (schedule, 0)},
                     title=f"PMWD KSampler ({method})")
     decode = g.add("FrameCapDecode", (x + 460, y), (300, 80), {}, {"model": (loader, 0), "latent": (sampler, 0)})
