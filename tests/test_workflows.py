@@ -157,14 +157,19 @@ def _get(url: str, timeout: float = 10.0):
 def _post(url: str, data: dict):
     request = urllib.request.Request(url, data=json.dumps(data).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+        body = response.read()
+    return json.loads(body) if body.strip() else {}
 
 
-def _run_prompt(url: str, prompt: dict, timeout: float = 600) -> dict:
-    """Queue an API-format prompt and wait for its ``/history`` entry."""
+def _queue(url: str, prompt: dict) -> str:
     queued = _post(f"{url}/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
     assert not queued.get("node_errors"), queued
-    prompt_id = queued["prompt_id"]
+    return queued["prompt_id"]
+
+
+def _run_prompt(url: str, prompt: dict, timeout: float = 600, prompt_id: str | None = None) -> dict:
+    """Queue an API-format prompt (unless ``prompt_id`` is already queued) and wait for its ``/history`` entry."""
+    prompt_id = prompt_id or _queue(url, prompt)
     deadline = time.time() + timeout
     while time.time() < deadline:
         history = _get(f"{url}/history/{prompt_id}")
@@ -250,6 +255,19 @@ def test_workflows_run_in_a_real_comfyui(tmp_path):
             expected = str(exc)
         assert errors and errors[0]["exception_message"].strip() == expected
         assert errors[0]["exception_type"].endswith("ConfigError")
+
+        # Cancel stops the sampler between steps (ComfyUI's progress hook raises its interrupt).
+        long = {**overrides, "FrameCapDFScheduler": {"steps": 1000}}
+        prompt_id = _queue(url, workflow_to_api(_load(ROOT / "workflows" / "framecap_timeline_to_video.json"), info,
+                                                long))
+        deadline = time.time() + 120
+        while time.time() < deadline and not _get(f"{url}/queue")["queue_running"]:
+            time.sleep(0.2)
+        time.sleep(3)
+        _post(f"{url}/interrupt", {})
+        entry = _run_prompt(url, {}, timeout=120, prompt_id=prompt_id)
+        events = dict(entry["status"]["messages"])
+        assert events.get("execution_interrupted", {}).get("node_type") == "FrameCapPMWDSampler", entry["status"]
     finally:
         server.terminate()
         try:
