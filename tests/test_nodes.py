@@ -67,6 +67,23 @@ def test_pack_imports_as_comfyui_does_without_heavy_imports(tmp_path):
     assert heavy == "[]"
 
 
+def test_pack_imports_from_a_clone_without_installed_packages(tmp_path):
+    # A user who clones into custom_nodes has no `pip install -e`: framecap_core is found beside nodes/. With -S
+    # (no site-packages at all) registration must still work, which also proves it needs no third-party package.
+    code = textwrap.dedent(f"""
+        import importlib.util, sys
+        name = "/x/custom_nodes/framecap"
+        spec = importlib.util.spec_from_file_location(name, {str(ROOT / "__init__.py")!r})
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        print(len(module.NODE_CLASS_MAPPINGS), sys.modules["framecap_core"].__file__)
+    """)
+    out = subprocess.run([sys.executable, "-S", "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path)
+    count, core = out.stdout.split()
+    assert int(count) == len(MAPPINGS) and Path(core) == ROOT / "framecap_core" / "__init__.py"
+
+
 def test_mappings_are_consistent():
     assert set(PACK.NODE_DISPLAY_NAME_MAPPINGS) == set(MAPPINGS)
     for node_id, cls in MAPPINGS.items():
