@@ -395,3 +395,31 @@ def test_loader_takes_comfyui_single_files(tmp_path, monkeypatch, models_dir):
     assert model.frame_level and model.vae is not None and model.text_encoder is not None
     for (name, got), (_, want) in zip(model.transformer.state_dict().items(), reference.transformer.state_dict().items()):
         torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-3, msg=name)  # stored as fp16
+
+
+def test_prompt_builder_gemini_reads_the_key_from_the_environment_only(monkeypatch):
+    pytest.importorskip("google.genai")
+    import socket
+
+    from fake_gemini import FakeGemini, reply_json
+
+    key = "test-key-not-a-real-one-1234567890"
+    monkeypatch.setenv("GEMINI_API_KEY", key)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    real = socket.getaddrinfo
+
+    def local_only(host, *args, **kwargs):
+        assert host in ("127.0.0.1", "localhost", b"127.0.0.1"), f"tried to reach {host}"
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", local_only)
+    answer = {"scenes": [{"start": 0, "end": 2.5, "caption": "A paper boat floats down a rainy street."},
+                         {"start": 2.5, "end": 5, "caption": "A child in a yellow raincoat picks up the boat."}]}
+    with FakeGemini([reply_json(answer)]) as server:
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)  # the SDK's own endpoint override
+        timeline, text = MAPPINGS["FrameCapPromptBuilder"]().build(
+            "A paper boat in the rain; a child picks it up.", 5.0, 16, "gemini", "gemini-2.5-flash")
+    assert [s.caption for s in timeline.scenes] == [s["caption"] for s in answer["scenes"]]
+    assert [(s.start, s.end) for s in timeline.scenes] == [(0, 41), (41, 81)]
+    assert server.requests[0].path.endswith("/models/gemini-2.5-flash:generateContent")
+    assert key not in text and key not in repr(timeline.to_dict())
