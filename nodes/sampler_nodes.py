@@ -13,7 +13,7 @@ from .model_nodes import CONDITIONING, MODEL, FrameLevelConditioning, _check_mod
 CATEGORY = "FrameCap"
 SCHEDULE = "FRAMECAP_SCHEDULE"
 LATENT_INFO_KEY = "framecap"  # extra key of the LATENT dict: timeline, windows and settings for the storyboard
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
+MAX_SEED = 0x7FFFFFFFFFFFFFFF  # FIFO seeds a second generator with seed + 1; stay clear of 2**64
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,8 @@ def test_workflow_is_a_valid_ui_graph(path):
     assert wf["last_link_id"] >= max(link[0] for link in wf["links"])
     nodes = {n["id"]: n for n in wf["nodes"]}
     for node in wf["nodes"]:
-        for key in ("id", "type", "pos", "size", "inputs", "outputs", "widgets_values", "mode", "order"):
+        for key in ("id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties",
+                    "widgets_values"):
             assert key in node, f"node {node['id']} lacks {key}"
         assert len(node["pos"]) == 2 and len(node["size"]) == 2
         if node["type"] in FRONTEND_ONLY:
