@@ -141,6 +141,22 @@ def test_workflow_runs_end_to_end(path, comfy_dirs):
     assert len(written) == len(saves)  # one file per save node
 
 
+def test_api_conversion_follows_links_and_widget_order(comfy_dirs):
+    wf = _load(ROOT / "workflows" / "framecap_compare_pmwd_sliding_fifo.json")
+    info = {name: {"input": cls.INPUT_TYPES(),
+                   "input_order": {k: list(v) for k, v in cls.INPUT_TYPES().items()}} for name, cls in MAPPINGS.items()}
+    prompt = workflow_to_api(wf, info, {"FrameCapWanLoader": {"model": TINY}})
+    nodes = {str(n["id"]): n for n in wf["nodes"]}
+    assert set(prompt) == {i for i, n in nodes.items() if n["type"] not in FRONTEND_ONLY}
+    samplers = {i: p for i, p in prompt.items() if p["class_type"] == "FrameCapPMWDSampler"}
+    assert sorted(p["inputs"]["method"] for p in samplers.values()) == ["fifo", "pmwd", "sliding"]
+    for entry in samplers.values():
+        assert entry["inputs"]["seed"] == 42 and entry["inputs"]["window"] == 33  # the seed's control value skipped
+        source, slot = entry["inputs"]["model"]
+        assert prompt[source]["class_type"] == "FrameCapWanLoader" and slot == 0
+        assert prompt[source]["inputs"]["model"] == TINY
+
+
 # ----------------------------------------------------------------------------------------------- real ComfyUI
 
 
