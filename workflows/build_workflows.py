@@ -114,17 +114,17 @@ class Graph:
                     if options.get("control_after_generate"):
                         values.append("fixed")
                     continue
+                # Every socket is listed (unconnected optional ones with link null), as the frontend saves them.
                 link = links.pop(name, None)
                 if link is None and section == "required":
                     raise ValueError(f"{type_name}: required input {name!r} is not connected")
-                if link is None:
-                    continue
-                link_id = len(self.links) + 1
-                source, slot = link
-                self.links.append([link_id, source, slot, node_id, len(inputs), input_spec[0]])
+                link_id = None
+                if link is not None:
+                    link_id = len(self.links) + 1
+                    source, slot = link
+                    self.links.append([link_id, source, slot, node_id, len(inputs), input_spec[0]])
+                    self.nodes[source - 1]["outputs"][slot]["links"].append(link_id)
                 inputs.append({"name": name, "type": input_spec[0], "link": link_id})
-                source_node = self.nodes[source - 1]
-                source_node["outputs"][slot]["links"].append(link_id)
         if widgets or links:
             raise ValueError(f"{type_name}: unknown inputs {sorted(widgets) + sorted(links)}")
         outputs = [
