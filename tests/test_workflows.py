@@ -273,6 +273,24 @@ def test_workflows_run_in_a_real_comfyui(tmp_path):
         assert errors and errors[0]["exception_message"].strip() == expected
         assert errors[0]["exception_type"].endswith("ConfigError")
 
+        # Native interop: a native empty Wan latent through FrameCap Decode into native CreateVideo / SaveVideo.
+        if {"EmptyHunyuanLatentVideo", "CreateVideo", "SaveVideo"} <= set(info):
+            loader = {"model": TINY, "vae_name": "(auto)", "text_encoder_name": "(auto)", "finetune": "none",
+                      "finetune_strength": 1.0, "dtype": "auto", "device": "default"}
+            native = {
+                "1": {"class_type": "FrameCapWanLoader", "inputs": loader},
+                "2": {"class_type": "EmptyHunyuanLatentVideo",
+                      "inputs": {"width": 32, "height": 32, "length": 9, "batch_size": 1}},
+                "3": {"class_type": "FrameCapDecode", "inputs": {"model": ["1", 0], "latent": ["2", 0]}},
+                "4": {"class_type": "CreateVideo", "inputs": {"images": ["3", 0], "fps": 16.0}},
+                "5": {"class_type": "SaveVideo", "inputs": {"video": ["4", 0], "filename_prefix": "native/interop",
+                                                            "format": "auto", "codec": "auto"}},
+            }
+            entry = _run_prompt(url, native)
+            assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-4000:]
+            saved = list((tmp_path / "output" / "native").glob("interop*"))
+            assert len(saved) == 1 and read_mp4(saved[0]).shape == (9, 32, 32, 3)
+
         # Cancel stops the sampler between steps (ComfyUI's progress hook raises its interrupt).
         long = {**overrides, "FrameCapDFScheduler": {"steps": 1000}}
         prompt_id = _queue(url, workflow_to_api(_load(ROOT / "workflows" / "framecap_timeline_to_video.json"), info,
