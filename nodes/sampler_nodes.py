@@ -78,14 +78,14 @@ class FrameCapPMWDSampler:
         "windows of the training length are all denoised at every step and their predictions fused where they "
         "overlap, so long videos stay consistent. sliding: the sequential sliding-window baseline. fifo: "
         "FIFO-Diffusion. single: the whole video as one window (stock Wan). Window and overlap are in pixel frames "
-        "(81 = 21 latents, Wan's training length). Outputs a ComfyUI LATENT (raw Wan VAE latents [1, 16, T, H/8, "
-        "W/8]) that native nodes accept."
+        "(81 = 21 latents, Wan's training length). Outputs a ComfyUI LATENT (raw Wan VAE latents [1, C, T, H/8, "
+        "W/8], C = 16 for Wan2.1) that native nodes accept."
     )
     CATEGORY = CATEGORY
     FUNCTION = "sample"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("Raw Wan VAE latents [1, 16, T, H/8, W/8] (plus the run's timeline and windows).",)
+    OUTPUT_TOOLTIPS = ("Raw Wan VAE latents [1, C, T, H/8, W/8] (plus the run's timeline and windows).",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -167,8 +167,8 @@ class FrameCapDecode:
     """Decode latents to frames with the model's Wan VAE."""
 
     DESCRIPTION = (
-        "Decodes a LATENT (raw Wan VAE latents [B, 16, T, H/8, W/8], from the PMWD KSampler or any native Wan "
-        "sampler) with the model's Wan VAE into IMAGE frames [T', H, W, 3] in 0..1 (T' = 4 (T - 1) + 1), which "
+        "Decodes a LATENT (raw Wan VAE latents [B, C, T, H/8, W/8], C = 16 for Wan2.1, from the PMWD KSampler or "
+        "any native Wan sampler) with the model's Wan VAE into IMAGE frames [T', H, W, 3] in 0..1 (T' = 4 (T - 1) + 1), which "
         "native nodes such as CreateVideo / SaveVideo accept. Several videos in a batch are concatenated in time."
     )
     CATEGORY = CATEGORY
@@ -182,7 +182,7 @@ class FrameCapDecode:
         return {
             "required": {
                 "model": (MODEL, {"tooltip": "The model whose VAE decodes (from the Frame-Level Wan Loader)."}),
-                "latent": ("LATENT", {"tooltip": "Raw Wan VAE latents [B, 16, T, H/8, W/8]."}),
+                "latent": ("LATENT", {"tooltip": "Raw Wan VAE latents [B, C, T, H/8, W/8] (C = 16 for Wan2.1)."}),
             }
         }
 
