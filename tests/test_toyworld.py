@@ -123,3 +123,56 @@ def test_story_from_timeline_draws_the_captions():
     assert reads[5] == tw.parse_caption(timeline.scenes[0].caption)
     assert reads[28] == tw.parse_caption(timeline.scenes[1].caption)
     assert torch.is_tensor(tw.OracleEmbedder().embed_video(tw.render_story(story)))
+
+
+# ------------------------------------------------------------------------------------- the bundled toy model
+
+TOY_STORY = ("A red circle moves right on a blue background. Then a yellow square stays still on a black "
+             "background. Finally a white triangle moves left on a green background.")
+
+
+def _toy_model_dir():
+    from framecap_core.models import TOY_MODEL_DIR
+
+    return TOY_MODEL_DIR
+
+
+def test_toy_model_folder_is_small_and_safetensors_only():
+    folder = _toy_model_dir()
+    if not (folder / "model_index.json").is_file():
+        pytest.skip("toy model not built (scripts/build_toy_model.py)")
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 25 * 1024 * 1024
+    assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    # prose around the toy words is dropped: the offline builder's captions tokenize into toy words only
+    ids = tok("Then, a Red circle slowly moves left on a blue background!").input_ids
+    assert ids == tok("a red circle moves left on a blue background").input_ids
+    assert tok.unk_token_id not in ids
+
+
+@pytest.mark.slow
+def test_main_command_follows_the_story(tmp_path):
+    """`framecap generate --model toy --prompt STORY` then the oracle: most scenes read back as their captions."""
+    if not (_toy_model_dir() / "model_index.json").is_file():
+        pytest.skip("toy model not built (scripts/build_toy_model.py)")
+    from framecap_core.cli import main
+    from framecap_core.timeline import Timeline
+    from framecap_core.video import read_mp4
+
+    out = tmp_path / "demo.mp4"
+    assert main(["generate", "--model", "toy", "--prompt", TOY_STORY, "--out", str(out), "--quiet",
+                 "--no-storyboard"]) == 0
+    timeline = Timeline.from_json((tmp_path / "demo.timeline.json").read_text())
+    assert len(timeline.scenes) == 3
+    frames = read_mp4(out)[: timeline.num_frames]
+    reads = tw.read_video_attributes(frames)
+    agree = []
+    for scene in timeline.scenes:
+        truth = tw.parse_caption(scene.caption)
+        inner = range(scene.start + 4, scene.end - 4)  # away from the cuts
+        per_attr = {k: np.mean([reads[i][k] == truth[k] for i in inner]) for k in ("shape", "colour", "background")}
+        agree.append(min(per_attr.values()) >= 0.6)
+    assert sum(agree) >= 2, agree

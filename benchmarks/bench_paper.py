@@ -1,0 +1,162 @@
+"""The paper's Tables 1 and 2 at toy scale, scored by the toy world's pixel oracle (mean ± std over seeds).
+
+Table 1 — video-level against frame-level prompting. "Video-level" is a toy transformer trained exactly like the
+bundled one (``training/finetune.py``, Diffusion Forcing) but with one caption per clip (the whole story as prose),
+and given the whole story at inference; "frame-level" is the bundled toy model with the story's timeline. Short
+videos are one training window (33 frames); long ones are 4x that (129 frames), sampled with PMWD.
+
+Table 2 — PMWD against sequential sliding window and FIFO, long videos with frame-level prompts, bundled model.
+
+Columns: Confusion Degree (eqs. 3-5, lower is better), video-level consistency (eq. 2), frame-level consistency, and
+a quality-drift proxy: how far the last quarter of the frames strays from the toy world's palette (mean RGB distance
+of each pixel to its nearest palette colour, 0..1) — toy frames are flat palette colours, so error accumulation
+shows up as off-palette pixels.
+
+    python benchmarks/bench_paper.py --seeds 3                # Table 2 (needs only the bundled model)
+    python benchmarks/bench_paper.py --seeds 3 --table1       # also trains the video-level baseline (~15 min CPU)
+    python benchmarks/bench_paper.py --json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from framecap_core import toyworld as tw  # noqa: E402
+from framecap_core.metrics import evaluate_video, format_table  # noqa: E402
+from framecap_core.timeline import Scene, Timeline  # noqa: E402
+
+COLUMNS = (
+    ("confusion_degree", "Confusion Degree ↓"),
+    ("video_consistency", "Video-level consistency ↑"),
+    ("frame_consistency", "Frame-level consistency ↑"),
+    ("drift", "Drift (off-palette, last quarter) ↓"),
+)
+SHORT, LONG = 33, 129
+
+
+def off_palette(frames: np.ndarray) -> float:
+    """Mean distance (0..1) of each pixel to its nearest toy palette colour."""
+    palette = np.array(list(tw.COLOURS.values()), np.float32) / 255.0
+    x = frames.astype(np.float32).reshape(-1, 1, 3) / 255.0
+    return float(np.sqrt(((x - palette) ** 2).sum(-1)).min(-1).mean() / np.sqrt(3))
+
+
+def drift(frames: np.ndarray) -> float:
+    return off_palette(frames[-max(1, len(frames) // 4):])
+
+
+def story_for(seed: int, frames: int, scenes: tuple[int, int]) -> tw.ToyStory:
+    return tw.random_story(10_000 + seed, num_frames=frames, num_scenes=scenes, min_scene_frames=12)
+
+
+def score(frames: np.ndarray, story: tw.ToyStory) -> dict[str, float]:
+    timeline = story.timeline()
+    s = evaluate_video(tw.OracleEmbedder(), frames, timeline, prompt=tw.story_text(story))
+    return {**s.as_dict(), "drift": drift(frames)}
+
+
+def run_generation(model, timeline: Timeline, method: str, seed: int) -> np.ndarray:
+    from framecap_core.pipeline import GenerationSettings, generate
+
+    # the toy model's generation defaults (framecap.json), one window = SHORT frames
+    settings = GenerationSettings(method=method, window=SHORT, overlap=16, steps=16, guidance=1.0, shift=3.0,
+                                  seed=seed, width=64, height=64, fps=16, negative="")
+    return np.asarray(generate(model, timeline, settings).frames)
+
+
+def video_level_timeline(story: tw.ToyStory) -> Timeline:
+    return Timeline([Scene(0, story.num_frames, tw.story_text(story))], num_frames=story.num_frames)
+
+
+def train_video_level(work: Path, steps: int, clips: int, threads: int) -> Path:
+    """The video-level baseline: the toy build's data and training, one caption (the story) per clip."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import build_toy_model as build
+    from diffusers import AutoencoderKLWan
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    from framecap_core.models import TOY_MODEL_DIR
+
+    export = work / "video_level" / "framecap_transformer.safetensors"
+    if export.is_file():
+        return export
+    work.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(str(TOY_MODEL_DIR / "tokenizer"))
+    enc = UMT5EncoderModel.from_pretrained(str(TOY_MODEL_DIR / "text_encoder")).eval()
+    vae = AutoencoderKLWan.from_pretrained(str(TOY_MODEL_DIR / "vae")).eval()
+    stories = build.make_dataset(clips, 2)  # the bundled model's training stories (seed + 2 with seed 0)
+    build.write_cache(stories, work / "cache_global", vae, enc, tok, global_captions=True)
+    build.save_folder(work / "base", transformer=build.make_transformer(0), vae=vae, text_encoder=enc, tokenizer=tok,
+                      text_len=4 * build.TEXT_LEN)
+    cfg = build.train_config(work, steps, 0, cache="cache_global", out="video_level", text_len=4 * build.TEXT_LEN)
+    build.run_finetune(cfg, threads)
+    return export
+
+
+def table(rows, label="Method") -> str:
+    return format_table(rows, columns=COLUMNS, label=label)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--table1", action="store_true", help="train the video-level baseline and run Table 1")
+    parser.add_argument("--train-steps", type=int, default=2500)
+    parser.add_argument("--clips", type=int, default=384)
+    parser.add_argument("--work", default=str(ROOT / "runs" / "bench_paper"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", dest="json_out")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    from framecap_core.models import load_wan
+
+    results: dict[str, dict[str, list[dict[str, float]]]] = {"table1": {}, "table2": {}}
+    t0 = time.time()
+    frame_model = load_wan("toy", device="cpu")
+    long_stories = [story_for(s, LONG, (4, 6)) for s in range(args.seeds)]
+
+    # Table 2: samplers on long videos, frame-level prompts
+    for method, name in (("fifo", "FIFO"), ("sliding", "Sequential sliding window"), ("pmwd", "PMWD")):
+        rows = []
+        for seed, story in enumerate(long_stories):
+            rows.append(score(run_generation(frame_model, story.timeline(), method, seed), story))
+        results["table2"][name] = rows
+        print(f"[{time.time() - t0:.0f} s] table 2: {name} done", file=sys.stderr)
+    print("\nTable 2 (toy): samplers, long videos (129 frames), frame-level prompts\n")
+    print(table(list(results["table2"].items())))
+
+    if args.table1:
+        export = train_video_level(Path(args.work), args.train_steps, args.clips, args.threads)
+        video_model = load_wan("toy", checkpoint=export, text_len=4 * 16, device="cpu")
+        short_stories = [story_for(s, SHORT, (2, 3)) for s in range(args.seeds)]
+        rows = {
+            "DF + video-level prompt, short": [
+                score(run_generation(video_model, video_level_timeline(st), "pmwd", i), st)
+                for i, st in enumerate(short_stories)],
+            "DF + video-level prompt, long (4x)": [
+                score(run_generation(video_model, video_level_timeline(st), "pmwd", i), st)
+                for i, st in enumerate(long_stories)],
+            "DF + frame-level prompt, long (4x)": results["table2"]["PMWD"],
+        }
+        results["table1"] = rows
+        print("\nTable 1 (toy): video-level vs frame-level prompting\n")
+        print(table(list(rows.items())))
+    print(f"\n{args.seeds} seeds, {time.time() - t0:.0f} s", file=sys.stderr)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
