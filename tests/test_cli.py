@@ -163,3 +163,24 @@ def test_bad_timeline_errors(tmp_path, capsys):
     assert "--seconds" in capsys.readouterr().err
     assert main(["generate", "--timeline", TIMELINE, "--seconds", "1"]) == 1
     assert "--out is required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model", "/nonexistent/wan"], "Model '/nonexistent/wan' not found"),
+        (["--model", "TINY", "--checkpoint", "/nonexistent/ft.safetensors"], "--checkpoint /nonexistent/ft.safetensors"),
+    ],
+)
+def test_missing_model_error_comes_first_and_alone(tiny, tmp_path, capsys, extra, message):
+    # Not --quiet: the plan would be printed before loading; a model that cannot be found must be reported instead.
+    extra = [str(tiny["diffusers"]) if e == "TINY" else e for e in extra]
+    code = main(["generate", "--timeline", TIMELINE, "--seconds", "1", "--out", str(tmp_path / "x.mp4"), *extra])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.out == ""
+    err = captured.err
+    assert err.startswith("framecap: error:") and message in err, err
+    assert len(err.strip().splitlines()) == 1, err  # the error alone: no plan ("window ...", "steps ...") above it
+    assert "window" not in err and "latents" not in err
+    assert list(tmp_path.iterdir()) == []

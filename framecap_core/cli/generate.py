@@ -302,10 +302,19 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out must end in .mp4, got {str(out)!r}; e.g. --out {out.with_suffix('.mp4')}.")
 
     from framecap_core.fileio import atomic_write_text
-    from framecap_core.models import load_wan
+    from framecap_core.models import load_wan, resolve_model_source
     from framecap_core.pipeline import generate
     from framecap_core.video import render_storyboard, storyboard_path, write_mp4
 
+    # Find the model's files (cheap: paths and safetensors headers) before printing the plan, so that a missing or
+    # wrong model is reported first and alone rather than under the plan.
+    resolve_model_source(
+        args.model, transformer_file=args.transformer_file, vae_file=args.vae_file,
+        text_encoder_file=args.text_encoder_file, tokenizer_path=args.tokenizer, config_dir=args.config_dir,
+    )
+    for flag, value in (("--checkpoint", args.checkpoint), ("--lora", args.lora)):
+        if value is not None and not Path(value).exists():
+            raise ModelLoadError(f"{flag} {value} not found; pass a .safetensors file or a folder that exists.")
     if not args.quiet:
         print(plan.describe().split("\nnegative:")[0], file=sys.stderr)
     model = load_wan(
