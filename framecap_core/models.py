@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from .convert import TRANSFORMER_PREFIXES, shared_prefix, transformer_to_diffusers_keys, vae_to_diffusers_keys
 from .errors import ModelLoadError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -62,7 +63,6 @@ _TRANSFORMER_MARKERS = ("head.modulation", "blocks.0.self_attn.q.weight", "block
                         "condition_embedder.text_embedder.linear_1.weight", "patch_embedding.weight")
 _VAE_MARKERS = ("decoder.middle.0.residual.0.gamma", "decoder.mid_block.resnets.0.norm1.gamma")
 _TEXT_MARKERS = ("encoder.block.0.layer.0.SelfAttention.q.weight",)
-_TRANSFORMER_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
 _TEXT_PREFIXES = ("text_encoders.umt5xxl.transformer.", "text_encoders.t5xxl.transformer.", "umt5xxl.transformer.",
                   "t5xxl.transformer.", "text_encoder.")
 
@@ -143,22 +143,13 @@ def read_safetensors(path: str | os.PathLike, what: str) -> tuple[dict[str, torc
         raise ModelLoadError(f"{what} file {path} is not a readable safetensors file ({exc}).") from None
 
 
-def _strip_prefix(keys, prefixes) -> str:
-    """The first of ``prefixes`` that every tensor name (but a few markers) starts with, or ""."""
-    keys = [k for k in keys if k not in ("spiece_model", "scaled_fp8")]
-    for prefix in prefixes:
-        if keys and all(k.startswith(prefix) for k in keys):
-            return prefix
-    return ""
-
-
 def detect_file_kind(path: str | os.PathLike) -> str:
     """What a safetensors file holds: ``"transformer"``, ``"vae"``, ``"text_encoder"``, ``"lora"`` or ``"unknown"``."""
     keys, _ = safetensors_keys(path)
     if any(".lora_A." in k or ".lora_B." in k or ".lora_down." in k or ".lora_up." in k for k in keys):
         return "lora"
     names = set(keys)
-    for prefix in ("", *_TRANSFORMER_PREFIXES):
+    for prefix in ("", *TRANSFORMER_PREFIXES):
         if any(prefix + m in names for m in _TRANSFORMER_MARKERS):
             return "transformer"
     if any(m in names for m in _VAE_MARKERS):
@@ -491,30 +482,6 @@ def _size_summary(state: dict[str, torch.Tensor], expected: dict[str, torch.Tens
     return f" (file: {have} blocks, config: {want} blocks)" if have and want and have != want else ""
 
 
-def _transformer_state_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip ComfyUI prefixes and convert original Wan names to diffusers' (diffusers names pass through)."""
-    prefix = _strip_prefix(state.keys(), _TRANSFORMER_PREFIXES)
-    if prefix:
-        state = {k.removeprefix(prefix): v for k, v in state.items()}
-    original = any(k.startswith(("head.", "time_embedding.", "text_embedding.")) or ".self_attn." in k for k in state)
-    if original:
-        from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
-
-        state = convert_wan_transformer_to_diffusers(dict(state))
-    return state
-
-
-def _vae_state_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    prefix = _strip_prefix(state.keys(), ("vae.", "first_stage_model."))
-    if prefix:
-        state = {k.removeprefix(prefix): v for k, v in state.items()}
-    if any(k.startswith(("decoder.middle.", "encoder.downsamples.", "decoder.upsamples.")) for k in state):
-        from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
-
-        state = convert_wan_vae_to_diffusers(state)
-    return state
-
-
 def dequantize_scaled_fp8(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> dict:
     """ComfyUI ``*_fp8_e4m3fn_scaled`` layout -> plain weights: ``W = float(W_fp8) * scale_weight``.
 
@@ -567,7 +534,7 @@ def load_transformer(
         model = WanTransformer3DModel.from_pretrained(str(sub), torch_dtype=dt, use_safetensors=True)
         return model.to(dev).eval()
     state, _ = read_safetensors(path, "transformer")
-    state = _transformer_state_to_diffusers(state)
+    state = transformer_to_diffusers_keys(state)
     state = dequantize_scaled_fp8(state, torch.float32) if _has_fp8(state) else state
     cfg_dir = _config_subdir(Path(config) if config else SHIPPED_CONFIG_DIR, "transformer")
     cfg = WanTransformer3DModel.load_config(str(cfg_dir))
@@ -610,7 +577,7 @@ def load_vae(
             )
         return AutoencoderKLWan.from_pretrained(str(sub), torch_dtype=dt, use_safetensors=True).to(dev).eval()
     state, _ = read_safetensors(path, "VAE")
-    state = _vae_state_to_diffusers(state)
+    state = vae_to_diffusers_keys(state)
     cfg_dir = _config_subdir(Path(config) if config else SHIPPED_CONFIG_DIR, "vae")
     cfg = AutoencoderKLWan.load_config(str(cfg_dir))
     model = _load_into_meta_model(AutoencoderKLWan, cfg, state, dtype=dt, what="VAE", path=path,
@@ -661,7 +628,7 @@ def load_tokenizer(path: str | os.PathLike):
 
 
 def _text_state_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    prefix = _strip_prefix(state.keys(), _TEXT_PREFIXES)
+    prefix = shared_prefix(state.keys(), _TEXT_PREFIXES)
     if prefix:
         state = {k.removeprefix(prefix): v for k, v in state.items()}
     state = dequantize_scaled_fp8(state, torch.float32) if _has_fp8(state) or "scaled_fp8" in state else state
@@ -843,7 +810,7 @@ def apply_checkpoint(transformer, checkpoint: str | os.PathLike, *, lora_scale: 
     if any(_LORA_KEY.match(k) for k in state):
         merge_lora(transformer, state, scale=lora_scale, adapter_config=_lora_alpha_config(path, metadata), path=path)
         return "lora"
-    state = _transformer_state_to_diffusers(state)
+    state = transformer_to_diffusers_keys(state)
     if _has_fp8(state):
         state = dequantize_scaled_fp8(state)
     expected = transformer.state_dict()

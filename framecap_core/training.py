@@ -593,13 +593,13 @@ def export_transformer(
         if format == "lora":
             state = {f"transformer.{k}": v for k, v in state.items()}
         else:
-            from .tiny import transformer_to_original_keys
+            from .convert import transformer_to_original_keys
 
             state = transformer_to_original_keys(state, prefix="diffusion_model.")
     elif format in ("diffusers", "original"):
         state = _merged_state_dict(transformer)
         if format == "original":
-            from .tiny import transformer_to_original_keys
+            from .convert import transformer_to_original_keys
 
             state = transformer_to_original_keys(state, prefix="model.diffusion_model.")
     else:

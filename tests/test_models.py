@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from framecap_core import models, tiny
+from framecap_core import convert, models, tiny
 from framecap_core.attention import is_frame_level
 from framecap_core.errors import ModelLoadError
 
@@ -81,7 +81,7 @@ def _load_single(written, key, **kwargs):
 def test_transformer_key_inverse_matches_diffusers_converter(tiny_wan):
     state = tiny_wan.transformer.state_dict()
     for prefix in ("", "model.diffusion_model."):
-        original = tiny.transformer_to_original_keys(state, prefix=prefix)
+        original = convert.transformer_to_original_keys(state, prefix=prefix)
         assert any(".self_attn." in k for k in original) and not any(".attn1." in k for k in original)
         back = convert_wan_transformer_to_diffusers(dict(original))
         assert set(back) == set(state)
@@ -90,7 +90,7 @@ def test_transformer_key_inverse_matches_diffusers_converter(tiny_wan):
 
 def test_vae_key_inverse_matches_diffusers_converter(tiny_wan):
     state = tiny_wan.vae.state_dict()
-    original = tiny.vae_to_original_keys(state)
+    original = convert.vae_to_original_keys(state)
     assert "decoder.middle.0.residual.0.gamma" in original and "decoder.upsamples.4.shortcut.weight" in original
     back = convert_wan_vae_to_diffusers(dict(original))
     assert set(back) == set(state)
@@ -243,7 +243,7 @@ def test_transformer_fp8_scaled(tiny_wan, written):
     original = tiny_wan.transformer.state_dict()
     quantized = 0
     for name, value in transformer.state_dict().items():
-        original_name = next(iter(tiny.transformer_to_original_keys({name: None})))
+        original_name = next(iter(convert.transformer_to_original_keys({name: None})))
         if tiny._is_quantizable_wan_weight(original_name):
             _assert_within_fp8(value, original[name], name)
             quantized += 1
@@ -305,7 +305,7 @@ def finetuned():
 def test_full_checkpoint_on_top(written, finetuned, tmp_path, style):
     state = finetuned.state_dict()
     if style == "original":
-        state = tiny.transformer_to_original_keys(state, prefix="model.diffusion_model.")
+        state = convert.transformer_to_original_keys(state, prefix="model.diffusion_model.")
     path = tmp_path / f"finetune_{style}.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     base = models.load_wan(written["diffusers"], dtype="fp32", frame_level=False)
@@ -370,7 +370,7 @@ def test_lora_kohya_original_names(written, peft_transformer, tmp_path):
     state = {}
     for key, value in _lora_state(model).items():
         module, kind = key.rsplit(".lora_", 1)
-        original = next(iter(tiny.transformer_to_original_keys({module + ".weight": None})))[: -len(".weight")]
+        original = next(iter(convert.transformer_to_original_keys({module + ".weight": None})))[: -len(".weight")]
         state[f"diffusion_model.{original}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = value
         state[f"diffusion_model.{original}.alpha"] = torch.tensor(4.0)
     path = tmp_path / "kohya.safetensors"
