@@ -408,6 +408,20 @@ def _check_diffusers_folder(folder: Path, *, need_vae: bool = True, need_text: b
             )
 
 
+def _component_folder(path: Path, component: str, stem: str, alternative: str) -> Path:
+    """``path/component`` (or ``path`` itself) when it holds ``config.json`` and ``stem`` weights, else an error
+    naming what is missing; ``alternative`` says which single file could be passed instead."""
+    sub = path / component if (path / component).is_dir() else path
+    if not (sub / "config.json").is_file() or not _weights_present(sub, stem):
+        if sub != path:
+            _check_diffusers_folder(path, need_vae=component == "vae", need_text=component == "text_encoder")
+        raise ModelLoadError(
+            f"{component}/{stem}.safetensors not found in {path}; expected a diffusers-format Wan folder or "
+            f"{alternative}."
+        )
+    return sub
+
+
 def _config_subdir(config_dir: Path, component: str) -> Path:
     """``config_dir/component`` when it has a config.json, else ``config_dir`` itself when it has one."""
     for candidate in (config_dir / component, config_dir):
@@ -567,14 +581,7 @@ def load_vae(
     dt = resolve_dtype(dtype, dev)
     path = Path(source) if str(source) != "toy" else TOY_MODEL_DIR
     if path.is_dir():
-        sub = path / "vae" if (path / "vae").is_dir() else path
-        if not (sub / "config.json").is_file() or not _weights_present(sub, "diffusion_pytorch_model"):
-            if sub != path:
-                _check_diffusers_folder(path, need_vae=True, need_text=False)
-            raise ModelLoadError(
-                f"vae/diffusion_pytorch_model.safetensors not found in {path}; expected a diffusers-format Wan folder "
-                f"or a VAE .safetensors file such as wan_2.1_vae.safetensors."
-            )
+        sub = _component_folder(path, "vae", "diffusion_pytorch_model", "a VAE .safetensors file such as wan_2.1_vae.safetensors")
         return AutoencoderKLWan.from_pretrained(str(sub), torch_dtype=dt, use_safetensors=True).to(dev).eval()
     state, _ = read_safetensors(path, "VAE")
     state = vae_to_diffusers_keys(state)
@@ -657,14 +664,7 @@ def load_text_encoder(
     dt = resolve_dtype(dtype, dev)
     path = Path(source) if str(source) != "toy" else TOY_MODEL_DIR
     if path.is_dir():
-        sub = path / "text_encoder" if (path / "text_encoder").is_dir() else path
-        if not (sub / "config.json").is_file() or not _weights_present(sub, "model"):
-            if sub != path:
-                _check_diffusers_folder(path, need_vae=False, need_text=True)
-            raise ModelLoadError(
-                f"text_encoder/model.safetensors not found in {path}; expected a diffusers-format Wan folder or a "
-                f"UMT5 .safetensors file such as umt5_xxl_fp16.safetensors."
-            )
+        sub = _component_folder(path, "text_encoder", "model", "a UMT5 .safetensors file such as umt5_xxl_fp16.safetensors")
         model = UMT5EncoderModel.from_pretrained(str(sub), dtype=dt, use_safetensors=True).to(dev).eval()
         tokenizer = load_tokenizer(tokenizer_path or (path / "tokenizer" if (path / "tokenizer").is_dir() else path))
         return model, tokenizer
