@@ -68,7 +68,7 @@ TEXT_CONFIG = dict(
 )
 GENERATION_DEFAULTS = {  # framecap.json "defaults": what `framecap generate --model toy` uses unless overridden
     "width": 64, "height": 64, "window": 4 * (WINDOW_LATENTS - 1) + 1, "overlap": 16, "steps": 16,
-    "guidance": 1.0, "shift": 3.0, "seconds": 8.0, "negative": "",
+    "guidance": 1.0, "shift": 3.0, "seconds": 4.0, "negative": "",
 }
 
 
@@ -200,7 +200,7 @@ def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
     return torch.cat(outs, dim=2)
 
 
-def train_vae(vae, *, steps_image: int, steps_clip: int, seed: int = 0, lr: float = 2e-3, latent_weight: float = 1e-4):
+def train_vae(vae, *, steps_image: int, steps_clip: int, seed: int = 0, lr: float = 3e-3, latent_weight: float = 1e-4):
     """Reconstruction (MSE) of the posterior mean, first on single frames, then on 5-frame clips."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -210,7 +210,7 @@ def train_vae(vae, *, steps_image: int, steps_clip: int, seed: int = 0, lr: floa
     t0 = time.time()
     for step in range(total):
         image_phase = step < steps_image
-        frames = _random_frames(rng, 16)[:, None] if image_phase else _random_clips(rng, 4, 5)
+        frames = _random_frames(rng, 8)[:, None] if image_phase else _random_clips(rng, 4, 5)
         x = _to_input(frames)
         for group in opt.param_groups:  # cosine decay within each phase
             k, n = (step, steps_image) if image_phase else (step - steps_image, steps_clip)
@@ -227,7 +227,7 @@ def train_vae(vae, *, steps_image: int, steps_clip: int, seed: int = 0, lr: floa
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
-        if step % 10 == 0 or step == total - 1:
+        if step % 25 == 0 or step == total - 1:
             log(f"vae step {step + 1}/{total} ({'frames' if image_phase else 'clips'}) mse {mse.item():.5f} "
                 f"({time.time() - t0:.0f} s)")
     return vae.eval()
@@ -370,10 +370,10 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=str(ROOT / "runs" / "toy_build"))
     parser.add_argument("--stage", choices=STAGES, default="tokenizer", help="start at this stage")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--clips", type=int, default=384)
-    parser.add_argument("--vae-image-steps", type=int, default=300)
-    parser.add_argument("--vae-clip-steps", type=int, default=60)
-    parser.add_argument("--train-steps", type=int, default=2500)
+    parser.add_argument("--clips", type=int, default=192)
+    parser.add_argument("--vae-image-steps", type=int, default=500)
+    parser.add_argument("--vae-clip-steps", type=int, default=0)
+    parser.add_argument("--train-steps", type=int, default=600)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -399,7 +399,7 @@ def main(argv=None) -> int:
         t0 = time.time()
         vae = train_vae(make_vae(args.seed), steps_image=args.vae_image_steps, steps_clip=args.vae_clip_steps,
                         seed=args.seed)
-        stories = make_dataset(64, args.seed + 1)
+        stories = make_dataset(16, args.seed + 1)
         z = vae_latents(vae, np.stack([tw.render_story(s) for s in stories]))
         mean = z.mean(dim=(0, 2, 3, 4)).tolist()
         std = z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3).tolist()
