@@ -23,7 +23,8 @@ PACK = load_pack(ROOT)
 MAPPINGS = PACK.NODE_CLASS_MAPPINGS
 compat = sys.modules[f"{PACK.__name__}.nodes.comfy_compat"]
 TINY = "diffusers: tiny/diffusers"
-SIZE = 16  # executor runs: 16 x 16 frames keep the tiny VAE fast; the graphs' own sizes are checked separately
+# Executor runs: 16 x 16 frames and 4 steps keep them fast; the graphs' own values are checked by map_widgets.
+SIZE, STEPS = 16, 4
 
 
 def _load(path: Path) -> dict:
@@ -119,7 +120,7 @@ def test_workflow_runs_end_to_end(path, comfy_dirs):
     from framecap_core.video import read_mp4
 
     wf = _load(path)
-    overrides = {"FrameCapPMWDSampler": {"width": SIZE, "height": SIZE}}
+    overrides = {"FrameCapPMWDSampler": {"width": SIZE, "height": SIZE}, "FrameCapDFScheduler": {"steps": STEPS}}
     if not _toy_available():
         overrides["FrameCapWanLoader"] = {"model": TINY}
     results = run_workflow(wf, MAPPINGS, overrides)
@@ -204,7 +205,7 @@ def test_workflows_run_in_a_real_comfyui(tmp_path):
     workflow with ``/object_info``, queue it, wait for ``/history`` and check the saved video.
 
     ``COMFYUI_PYTHON`` picks ComfyUI's interpreter (default: this one); ``FRAMECAP_COMFY_FULL=1`` runs the
-    workflows at their own sizes instead of 16 x 16."""
+    workflows at their own sizes and steps instead of 16 x 16 and 4 steps."""
     from framecap_core.tiny import save_tiny_wan
     from framecap_core.video import read_mp4
 
@@ -244,6 +245,7 @@ def test_workflows_run_in_a_real_comfyui(tmp_path):
         overrides = {}
         if os.environ.get("FRAMECAP_COMFY_FULL") != "1":
             overrides["FrameCapPMWDSampler"] = {"width": SIZE, "height": SIZE}
+            overrides["FrameCapDFScheduler"] = {"steps": STEPS}
         if not _toy_available():
             overrides["FrameCapWanLoader"] = {"model": TINY}
         for path in WORKFLOWS:
