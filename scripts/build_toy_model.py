@@ -200,7 +200,7 @@ def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
     return torch.cat(outs, dim=2)
 
 
-def train_vae(vae, *, steps_image: int, steps_clip: int, seed: int = 0, lr: float = 3e-3, latent_weight: float = 1e-4):
+def train_vae(vae, *, steps_image: int, steps_clip: int, seed: int = 0, lr: float = 1e-3, latent_weight: float = 1e-4):
     """Reconstruction (MSE) of the posterior mean, first on single frames, then on 5-frame clips."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
