@@ -8,8 +8,9 @@ Stages (each a function below; ``--stage`` runs one and the ones after it reuse 
 2. ``text``: a small random ``UMT5EncoderModel`` (frozen, as Wan's is; distinct captions give distinct embeddings).
 3. ``vae``: a small ``AutoencoderKLWan`` trained on toy frames. Its temporal convolutions start as "per frame" (only
    the causal tap on the current frame is non-zero, time downsampling keeps the newest frame, time upsampling
-   repeats it), so it is first trained fast on single frames, then briefly on 5-frame clips so the temporal taps
-   learn motion. Its ``latents_mean`` / ``latents_std`` are measured on the data.
+   repeats it), so it is trained fast on single frames (``--vae-clip-steps N`` adds N steps on 5-frame clips so the
+   temporal taps learn motion; 0 by default, so motion advances in 4-frame steps). Known limit: 250 steps on 2 CPU
+   cores leave it near the mean-colour plateau (reconstruction MSE ~0.45 in [-1, 1]); it needs far longer. Its ``latents_mean`` / ``latents_std`` are measured on the data.
 4. ``data``: toy stories rendered into clips of 49 frames (13 latents), a manifest (JSON Lines, one clip per line)
    and the latent cache (``framecap_core.data.CacheWriter``: normalized latents and the clips' caption embeddings).
 5. ``train``: ``training/finetune.py`` (Diffusion Forcing, frame-level captions) from a random transformer.
@@ -370,10 +371,10 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=str(ROOT / "runs" / "toy_build"))
     parser.add_argument("--stage", choices=STAGES, default="tokenizer", help="start at this stage")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--clips", type=int, default=192)
-    parser.add_argument("--vae-image-steps", type=int, default=500)
+    parser.add_argument("--clips", type=int, default=128)
+    parser.add_argument("--vae-image-steps", type=int, default=250)
     parser.add_argument("--vae-clip-steps", type=int, default=0)
-    parser.add_argument("--train-steps", type=int, default=600)
+    parser.add_argument("--train-steps", type=int, default=400)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
