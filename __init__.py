@@ -1,15 +1,13 @@
 """FrameCap ComfyUI node pack.
 
-ComfyUI imports this folder as a module. Importing it only registers node classes: no model loading,
+ComfyUI imports this folder as a package. Importing it only registers node classes: no model loading,
 no network, no heavy imports (torch and diffusers load when a node first runs).
 """
 
-try:  # imported as a package by ComfyUI (relative import works)
+if __package__:  # imported as a package (ComfyUI): a failure inside nodes/ must surface, not hide as "no nodes"
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-except ImportError:  # imported as a plain module (e.g. pytest rootdir collection)
+else:  # imported as a plain module (e.g. a test runner collecting the repo root): nothing to register
     NODE_CLASS_MAPPINGS = {}
     NODE_DISPLAY_NAME_MAPPINGS = {}
-
-WEB_DIRECTORY = None
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
