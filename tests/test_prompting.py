@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,12 @@ from framecap_core.prompting import (
     story_system_instruction,
     truncate_words,
 )
-from framecap_core.prompting.offline import allocate_latents, event_opening
+from framecap_core.prompting.offline import (
+    allocate_latents,
+    event_opening,
+    is_camera_only,
+    strip_sequence_words,
+)
 from framecap_core.timeline import parse_timeline
 
 VBENCH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "vbench2" / "Complex_Landscape.json"
@@ -105,8 +111,8 @@ def test_standalone_captions_resolve_pronouns_restore_subject_and_add_style():
         captions[1]
         == "The red fox in a woolen scarf stops and sniffs the cold air. Watercolor style, soft pastel colors."
     )
-    assert captions[2].startswith("Then the red fox in a woolen scarf leaps onto a frozen pond.")
-    assert captions[4].startswith("Finally, the red fox in a woolen scarf curls up")
+    assert captions[2].startswith("The red fox in a woolen scarf leaps onto a frozen pond.")
+    assert captions[4].startswith("The red fox in a woolen scarf curls up")
     for caption in captions:
         assert caption.endswith("Watercolor style, soft pastel colors.")
         assert not caption.lower().startswith(("she ", "he ", "it "))
@@ -124,12 +130,116 @@ def test_named_subject_with_appositive_and_plural_subject():
         "Detective Mara Quinn, a tall woman in a grey trench coat, sits at the counter and orders whiskey."
     )
     assert captions[2] == "Detective Mara Quinn's eyes narrow as a stranger enters."
-    assert captions[3] == "Then Detective Mara Quinn, a tall woman in a grey trench coat, draws a silver pistol."
+    assert captions[3] == "Detective Mara Quinn, a tall woman in a grey trench coat, draws a silver pistol."
     kids = split_story("Two kids in capes race down a hill. They tumble into the leaves, laughing loudly.")
     assert kids.subject == "Two kids in capes"
     assert standalone_caption(kids.events[1].text, subject=kids.subject).startswith("The two kids in capes tumble")
     # A capitalised plural that is not a name is not taken for the subject.
     assert split_story("Glaciers wind their way through the valley. Snow falls.").subject == ""
+
+
+SEQUENCE_WORDS = (
+    "then",
+    "next",
+    "finally",
+    "afterwards",
+    "after that",
+    "meanwhile",
+    "eventually",
+    "suddenly",
+    "later",
+    "soon",
+    "at last",
+    "in the end",
+)
+
+
+def _starts_with_sequence_word(caption: str) -> bool:
+    lowered = caption.lower()
+    return any(re.match(rf"{re.escape(w)}\b", lowered) for w in SEQUENCE_WORDS)
+
+
+def test_captions_drop_leading_sequence_words():
+    timeline = build_timeline(
+        "A red fox walks in snow. Then the camera pans to a frozen lake. Finally an owl lands.",
+        seconds=12,
+        backend="offline",
+    )
+    assert [s.caption for s in timeline.scenes] == [
+        "A red fox walks in snow.",
+        "The camera pans to a frozen lake.",
+        "An owl lands.",
+    ]
+    story = (
+        "Suddenly, a storm rolls over the harbour. Meanwhile a lighthouse keeper lights the lamp. After that the "
+        "waves crash against the pier. Eventually the rain stops. Afterwards, gulls circle the masts. Then, at "
+        "last, the sun breaks through the clouds. In the end the harbour lies calm. Soon boats sail out to sea."
+    )
+    captions = [s.caption for s in build_timeline(story, seconds=30, backend="offline").scenes]
+    assert len(captions) == 8
+    for caption in captions:
+        assert not _starts_with_sequence_word(caption), caption
+        assert caption[:1].isupper()
+    assert captions[2] == "The waves crash against the pier."
+    assert captions[5] == "The sun breaks through the clouds."
+
+
+def test_sequence_words_that_are_part_of_the_sentence_stay():
+    for text in (
+        "Next to the river, a dog sleeps.",
+        "Later that night, rain falls.",
+        "First light breaks over the hills.",
+        "At the end of the road, a house stands.",
+        "After that storm passes, birds sing.",
+    ):
+        assert strip_sequence_words(text) == (text, False)
+    assert strip_sequence_words("Soon after sunrise, the fox wakes.") == ("After sunrise, the fox wakes.", True)
+    assert strip_sequence_words("Next, the fox runs.") == ("The fox runs.", True)
+
+
+def test_subject_is_carried_into_scenes_that_refer_back_to_it():
+    story = (
+        "A girl in a yellow raincoat walks down a rainy street, then slowly turns toward a bakery window. "
+        "The camera zooms in on her. Afterwards she waves at the baker. The camera follows her closely as she "
+        "enters. Finally the camera pulls back. Watercolor style."
+    )
+    captions = [s.caption for s in build_timeline(story, seconds=20, backend="offline").scenes]
+    assert captions == [
+        "A girl in a yellow raincoat walks down a rainy street. Watercolor style.",
+        # no subject of its own after "then": the main subject does it
+        "The girl in a yellow raincoat slowly turns toward a bakery window. Watercolor style.",
+        # the camera's object pronoun names the subject
+        "The camera zooms in on the girl in a yellow raincoat. Watercolor style.",
+        "The girl in a yellow raincoat waves at the baker. Watercolor style.",
+        "The camera follows the girl in a yellow raincoat closely as she enters. Watercolor style.",
+        # a camera move with nothing of its own to show carries what the scene before showed
+        "The camera pulls back. The camera follows the girl in a yellow raincoat closely as she enters. "
+        "Watercolor style.",
+    ]
+    # A camera move first in the story carries the main subject; one with its own content carries nothing.
+    assert standalone_caption("Then the camera zooms in.", subject="A red fox in the snow") == (
+        "The camera zooms in. The red fox in the snow."
+    )
+    assert (
+        standalone_caption("Then the camera pans to a frozen lake.", subject="A red fox", previous="A red fox walks.")
+        == "The camera pans to a frozen lake."
+    )
+    assert is_camera_only("Finally, the camera slowly pulls back to a wide shot.")
+    assert not is_camera_only("The camera pans to a frozen lake.")
+    # A plural after a sequence word is a new subject, not a verb: nothing is added.
+    assert standalone_caption("Then birds fly over the lake.", subject="A red fox") == "Birds fly over the lake."
+
+
+def test_vbench_captions_do_not_start_with_sequence_words():
+    if not VBENCH.is_file():
+        pytest.skip(f"no VBench-2.0 prompts at {VBENCH}")
+    items = json.loads(VBENCH.read_text(encoding="utf-8"))
+    openers = set()
+    for item in items:
+        for scene in build_timeline(item["prompt_en"], seconds=30, backend="offline").scenes:
+            assert not _starts_with_sequence_word(scene.caption), scene.caption
+            openers.add(scene.caption.split()[0])
+    assert "The" in openers
 
 
 def test_truncate_words_cuts_at_clause_end_and_respects_limit():
@@ -189,7 +299,7 @@ def test_offline_merges_events_when_the_video_is_too_short():
     assert len(timeline.scenes) <= 8
     joined = " ".join(s.caption for s in timeline.scenes)
     for i in range(12):
-        assert f"scene number {i} " in joined
+        assert f"scene number {i} " in joined.lower()
     assert min(s.num_frames for s in timeline.scenes[1:]) >= 16
 
 

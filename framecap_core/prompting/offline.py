@@ -17,6 +17,10 @@ Steps, each a small function:
    subject of the first sentence in full (``She kneels`` -> ``The girl in a yellow raincoat kneels``, ``Mara
    turns`` -> ``Detective Mara Quinn, a tall woman in a grey coat, turns``), ``the girl`` gets its description
    back, the style is appended, and the caption is cut to ``max_caption_tokens`` words at a clause boundary.
+   Leading sequence words (``Then``, ``Finally,``, ``After that``) are dropped, as they order scenes and mean nothing
+   inside one; a verb left without a subject (``then turns to the lake``) gets the main subject; a pronoun the camera
+   points at (``The camera follows her``) names it; and a camera move with nothing of its own to show (``The camera
+   pulls back.``) carries what the scene before it showed (or the main subject when it comes first).
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ __all__ = [
     "allocate_latents",
     "offline_timeline",
     "event_opening",
+    "is_camera_only",
     "plan_scenes",
     "split_story",
     "standalone_caption",
+    "strip_sequence_words",
     "truncate_words",
 ]
 
@@ -470,6 +476,185 @@ def _capitalize(text: str) -> str:
 
 _LEAD_RE = r"^((?:(?:then|next|finally|later|suddenly|eventually|meanwhile|now|afterwards|soon),?\s+)?)"
 
+# Words that order events in the story ("Then", "Finally,"): they split the story (see ``_SEQUENCE_WORDS``) but mean
+# nothing inside a caption that describes one scene on its own. Subordinators ("As", "When", "After the rain") and
+# places ("In the distance", "Further in") stay: they are part of the sentence. These are always dropped ...
+_ALWAYS_DROPPED = (
+    "then",
+    "and then",
+    "but then",
+    "finally",
+    "lastly",
+    "eventually",
+    "meanwhile",
+    "afterwards",
+    "afterward",
+    "soon",
+    "suddenly",
+    "all of a sudden",
+    "subsequently",
+    "thereafter",
+    "at last",
+    "in the end",
+    "moments later",
+    "a moment later",
+    "seconds later",
+    "minutes later",
+    "just then",
+    "before long",
+)
+# ... these only where what follows can open a sentence, or after a comma ("Next to the river", "Later that night",
+# "After that storm", "First light", "At the end of the road" keep their words).
+_DROPPED_BEFORE_A_SENTENCE = (
+    "next",
+    "later",
+    "later on",
+    "now",
+    "first",
+    "firstly",
+    "at first",
+    "initially",
+    "immediately",
+    "after that",
+    "after this",
+    "soon after",
+    "soon afterwards",
+    "shortly after",
+    "shortly afterwards",
+    "at the end",
+    "the next moment",
+)
+_CAPTION_SEQUENCE_WORDS = tuple(sorted(_ALWAYS_DROPPED + _DROPPED_BEFORE_A_SENTENCE, key=lambda p: -len(p)))
+# By first word, longest phrase first: [(phrase, regex)]; the regex takes the phrase, a comma if any, and spaces.
+_SEQUENCE_BY_FIRST_WORD: dict[str, list[tuple[str, re.Pattern]]] = {}
+for _phrase in _CAPTION_SEQUENCE_WORDS:
+    _SEQUENCE_BY_FIRST_WORD.setdefault(_phrase.split()[0], []).append(
+        (_phrase, re.compile(rf"{re.escape(_phrase)}\b(\s*,)?\s*", re.I))
+    )
+# Words that can open a sentence after a dropped phrase.
+_SENTENCE_OPENERS = frozenset(
+    (
+        "the a an he she they it we i his her their its this these those there one two three four five several "
+        "some many few all every each our my both no as after when while in on at from with across through over "
+        "under behind beneath above along inside outside near beyond into out high far deep around"
+    ).split()
+)
+_MOTION_WORDS = frozenset(
+    (
+        "back backward backwards away in out closer close up down upward upwards downward downwards forward forwards "
+        "around left right again further higher lower wide wider overhead aside slightly to a an the and into onto "
+        "from of its position shot view frame angle"
+    ).split()
+)
+_IRREGULAR_PAST = frozenset("ran flew sat stood took went came saw fell rose swam drew leapt jumped dove hid".split())
+
+
+def strip_sequence_words(caption: str) -> tuple[str, bool]:
+    """Drop leading sequence words (``Then``, ``Finally,``, ``After that``, also stacked: ``Then, suddenly,``).
+
+    Returns the caption (first letter capitalised) and whether anything was dropped.
+    """
+    text = caption.strip()
+    stripped = False
+    for _ in range(4):
+        first = _lower_words(text[:24])
+        for phrase, pattern in _SEQUENCE_BY_FIRST_WORD.get(first[0] if first else "", ()):
+            m = pattern.match(text)
+            if not m or m.end() == len(text):
+                continue
+            rest = text[m.end() :]
+            following = _clean(rest.split()[0])
+            opens = following in _SENTENCE_OPENERS or rest[:1].isupper() or _looks_like_verb(rest)
+            if m.group(1) or opens or phrase in _ALWAYS_DROPPED:
+                text, stripped = rest, True
+                break
+        else:
+            break
+    return _capitalize(text), stripped
+
+
+def _looks_like_verb(text: str) -> bool:
+    """``turns toward the lake``, ``slowly leaps onto``, ``stops.``: a subjectless verb phrase (after ``then``)."""
+    tokens = text.split()
+    if tokens and _is_adverb(_clean(tokens[0])) and len(tokens) > 1:
+        tokens = tokens[1:]  # "slowly turns"
+    if not tokens or not tokens[0][:1].islower():
+        return False
+    word = _clean(tokens[0])
+    if word in _SENTENCE_OPENERS or word in _DETERMINERS:
+        return False
+    verbish = (word.endswith("s") and not word.endswith(("ss", "us", "is"))) or word.endswith("ed")
+    if not (verbish or word in _IRREGULAR_PAST):
+        return False
+    if tokens[0].endswith((".", ",", "!", "?", ";")) or len(tokens) == 1:
+        return True
+    nxt = _clean(tokens[1])
+    # Nouns are followed by "of" / "with" / "in" far more often than verbs are ("birds in the sky").
+    if nxt in ("of", "with", "in"):
+        return False
+    return nxt in _VERB_PREPOSITIONS or _is_adverb(nxt) or nxt in _MOTION_WORDS or nxt in _PRONOUNS
+
+
+def _is_adverb(word: str) -> bool:
+    """``slowly``, ``gently`` (not ``fly``, ``July``)."""
+    return len(word) > 4 and word.endswith("ly") and word not in ("family", "belly", "jelly", "holly", "lily")
+
+
+def is_camera_only(caption: str) -> bool:
+    """A camera move with nothing of its own to show: ``The camera pulls back.``, ``The shot slowly zooms in.``"""
+    words = _lower_words(strip_sequence_words(caption)[0])
+    if not words or not _is_camera_move(words):
+        return False
+    for word in words:
+        if word in _CAMERA_NOUNS or word in _MOTION_WORDS or _is_adverb(word):
+            continue
+        if any(word.startswith(v) for v in _CAMERA_VERBS) or word in ("we", "us", "it", "its"):
+            continue
+        return False
+    return True
+
+
+def _plural(subject: str) -> bool:
+    words = _lower_words(_name_part(subject))
+    if not words:
+        return False
+    return words[0] in ("two", "three", "four", "five", "several", "some", "many") or (
+        _head_noun(subject).endswith("s") and not _head_noun(subject).endswith("ss")
+    )
+
+
+def _camera_object_re(objects: str) -> re.Pattern:
+    """``follows her``, ``zooms in on him``, ``tracks them closely``: the pronoun a camera verb points at (group 1)."""
+    verb = r"(?:" + "|".join(_CAMERA_VERBS) + r")\w*"
+    particles = r"(?:(?:in|on|out|back|up|down|around|to|toward|towards|onto|at)\s+)*"
+    after = (
+        r"(?=\s*(?:[.,;!?]|$|\w{3,}ly\b|as\b|while\b|into\b|through\b|across\b|to\b|from\b|along\b|up\b|"
+        r"down\b|around\b|toward\b|towards\b))"
+    )
+    return re.compile(rf"\b{verb}\s+(?:\w{{3,}}ly\s+)?{particles}({objects})\b{after}", re.I)
+
+
+# Indexed by "the main subject is plural".
+_CAMERA_OBJECT_RE = {False: _camera_object_re("him|her"), True: _camera_object_re("them")}
+_CAMERA_CLAUSE_SUBJECT_RE = {
+    plural: re.compile(rf"(?:,|\bas|\bwhile|\bwhere|\bwhen)\s+({pronouns})\b", re.I)
+    for plural, pronouns in ((False, "he|she"), (True, "they"))
+}
+
+
+def _resolve_inner_pronoun(caption: str, subject: str) -> str:
+    """In a sentence whose subject is the camera, name the main subject where a pronoun points to it:
+    ``The camera follows her as she runs`` -> ``The camera follows the girl in a yellow raincoat as she runs``."""
+    if not _is_camera_move(_lower_words(caption)):
+        return caption
+    plural = _plural(subject)
+    m = _CAMERA_OBJECT_RE[plural].search(caption)
+    if m is None:
+        m = _CAMERA_CLAUSE_SUBJECT_RE[plural].search(caption)
+    if m:
+        return caption[: m.start(1)] + _definite(_name_part(subject)) + caption[m.end(1) :]
+    return caption
+
 
 def _resolve_subject(caption: str, subject: str) -> str:
     """Name the main subject in full where the caption points to it by a pronoun or a short name."""
@@ -508,15 +693,44 @@ def _resolve_subject(caption: str, subject: str) -> str:
     return caption
 
 
+def _subject_phrase(subject: str) -> str:
+    """The main subject as the opener of a later sentence: ``The red fox``, ``Detective Mara Quinn, a tall woman,``."""
+    return _capitalize(_definite(subject)) + ("," if "," in subject else "")
+
+
+def _body(caption: str, style: str) -> str:
+    """A caption without the style suffix :func:`standalone_caption` appended."""
+    suffix = f" {_capitalize(style.rstrip('. '))}."
+    body = caption[: -len(suffix)] if style and caption.endswith(suffix) else caption
+    return body.strip()
+
+
 def standalone_caption(
-    text: str, *, subject: str = "", style: str = "", max_words: int = DEFAULT_MAX_CAPTION_TOKENS
+    text: str,
+    *,
+    subject: str = "",
+    style: str = "",
+    max_words: int = DEFAULT_MAX_CAPTION_TOKENS,
+    previous: str = "",
 ) -> str:
-    """Make one event's text a caption that stands alone (see the module docstring)."""
-    caption = " ".join(text.split())
+    """Make one event's text a caption that stands alone (see the module docstring).
+
+    ``previous``: what the scene before shows (its caption without the style); a camera move with nothing of its own
+    to show (``The camera pulls back.``) carries it, or the main subject when there is no scene before.
+    """
+    caption, dropped = strip_sequence_words(" ".join(text.split()))
+    if subject and dropped and _looks_like_verb(caption[:1].lower() + caption[1:]) and caption[:1].isupper():
+        # "Then turns toward the lake" has no subject of its own: the story's main subject does it.
+        caption = _subject_phrase(subject) + " " + caption[:1].lower() + caption[1:]
     if subject:
         caption = _resolve_subject(caption, subject)
+        caption = _resolve_inner_pronoun(caption, subject)
         caption = re.sub(r"\bthe same\s+", "the ", caption, flags=re.I)
     caption = _capitalize(caption.strip())
+    if is_camera_only(caption):
+        shown = _body(previous, style) if previous else (f"{_capitalize(_definite(subject))}." if subject else "")
+        if shown:
+            caption = caption.rstrip(".!? ") + ". " + shown
     suffix = ""
     if style and style.lower() not in caption.lower():
         suffix = f" {_capitalize(style.rstrip('. '))}."
@@ -564,10 +778,14 @@ def offline_timeline(
     parts, events, counts = plan_scenes(story, num_frames=num_frames, fps=fps, min_scene_seconds=min_scene_seconds)
     scenes = []
     latent = 0
+    previous = ""
     for event, count in zip(events, counts):
         start = 0 if latent == 0 else 4 * latent - 3
         latent += count
         end = num_frames if latent == sum(counts) else 4 * latent - 3
-        caption = standalone_caption(event.text, subject=parts.subject, style=parts.style, max_words=max_caption_tokens)
+        caption = standalone_caption(
+            event.text, subject=parts.subject, style=parts.style, max_words=max_caption_tokens, previous=previous
+        )
+        previous = _body(caption, parts.style)
         scenes.append({"start": start, "end": end, "caption": caption})
     return parse_timeline({"fps": fps, "num_frames": num_frames, "negative": negative, "scenes": scenes})
