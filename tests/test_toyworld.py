@@ -154,7 +154,7 @@ def test_toy_model_folder_is_small_and_safetensors_only():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="the bundled toy VAE is under-trained (its decoder still outputs near the mean colour); "
+@pytest.mark.xfail(reason="the bundled toy VAE is under-trained (backgrounds follow the story, shapes are still blurred); "
                           "rebuild with more VAE steps (scripts/build_toy_model.py) to make this pass", strict=False)
 def test_main_command_follows_the_story(tmp_path):
     """`framecap generate --model toy --prompt STORY` then the oracle: most scenes read back as their captions."""
