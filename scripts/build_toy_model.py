@@ -27,7 +27,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -140,7 +139,6 @@ def make_vae(seed: int = 0):
     return vae
 
 
-@contextlib.contextmanager
 def single_frame_convs():
     """While active, a causal 3D convolution of one frame with no cache runs as the equivalent 2D convolution (the
     zero padding in time meets every tap but the last): the same numbers, several times faster on CPU."""
