@@ -137,23 +137,10 @@ def build_timeline(
             f"min_scene_seconds must be a number between 0 and the video length ({seconds:g} s), got "
             f"{min_scene_seconds!r}."
         )
+    common = dict(seconds=seconds, fps=fps, negative=negative, max_caption_tokens=max_caption_tokens,
+                  min_scene_seconds=min_scene_seconds)
     if backend == "offline":
-        return offline_timeline(
-            story,
-            seconds=seconds,
-            fps=fps,
-            negative=negative,
-            max_caption_tokens=max_caption_tokens,
-            min_scene_seconds=min_scene_seconds,
-        )
+        return offline_timeline(story, **common)
     if options is None:
         options = GeminiOptions(model=model, timeout=timeout, retries=retries, base_url=base_url)
-    return gemini_timeline(
-        story,
-        seconds=seconds,
-        fps=fps,
-        negative=negative,
-        max_caption_tokens=max_caption_tokens,
-        min_scene_seconds=min_scene_seconds,
-        options=options,
-    )
+    return gemini_timeline(story, options=options, **common)
