@@ -14,7 +14,8 @@ Scenes change what (shape, colour), where (a new start position, a new backgroun
 
 The oracle (:func:`read_frame_attributes`, :func:`read_video_attributes`) works on pixels only: the background is
 the most common colour on the border, the shape colour the dominant colour of the pixels far from the background, the
-shape class comes from how much of its bounding box the mask fills (square 1, circle pi/4, triangle 1/2), the motion
+shape class is the shape that, drawn at the mask's centroid, overlaps the mask best (intersection over union; a
+blurred square still matches a square better than a circle, where a bounding-box fill ratio would not), the motion
 from the centroid track over neighbouring frames. :class:`OracleEmbedder` turns attributes into vectors (one block of
 one-hot per attribute plus a constant component), so the cosine similarity of a caption and a frame is an affine
 function of how many attributes they agree on and the paper's metrics run on toy videos.
@@ -22,6 +23,7 @@ function of how many attributes they agree on and the paper's metrics run on toy
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -323,7 +325,7 @@ class FrameReading:
     colour: str | None
     background: str
     centroid: tuple[float, float] | None  # (x, y)
-    fill: float  # mask area / bounding box area
+    match: float  # intersection over union of the mask and the chosen shape drawn at its centroid (0 if no shape)
 
     def attributes(self) -> dict[str, str | None]:
         return {"shape": self.shape, "colour": self.colour, "background": self.background}
@@ -352,23 +354,56 @@ def read_frame_attributes(frame: np.ndarray, min_pixels: int = 20) -> FrameReadi
     if fg_labels.size == 0:
         return FrameReading(None, None, _NAMES[bg], None, 0.0)
     fg = int(np.bincount(fg_labels, minlength=len(_NAMES)).argmax())
-    shape_mask = mask & (labels == fg)
+    # the shape: pixels at least halfway from the background colour to the shape colour (as the renderer's
+    # half-coverage edge), so the mask has the drawn size whatever the two colours are
+    fg_rgb = _PALETTE[fg]
+    along = ((arr - bg_rgb) * (fg_rgb - bg_rgb)).sum(-1) / ((fg_rgb - bg_rgb) ** 2).sum()
+    shape_mask = mask & (along >= 0.5)
     if shape_mask.sum() < min_pixels:
         return FrameReading(None, _NAMES[fg], _NAMES[bg], None, 0.0)
     ys, xs = np.nonzero(shape_mask)
-    # robust extent: 2nd-98th percentiles so isolated noisy pixels do not stretch the box
-    x0, x1 = np.percentile(xs, [1, 99])
-    y0, y1 = np.percentile(ys, [1, 99])
-    box = max((x1 - x0 + 1) * (y1 - y0 + 1), 1.0)
-    inside = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
-    fill = float(inside.sum() / box)
-    if fill > 0.9:
-        shape = "square"
-    elif fill > 0.64:
-        shape = "circle"
-    else:
-        shape = "triangle"
-    return FrameReading(shape, _NAMES[fg], _NAMES[bg], (float(xs.mean()), float(ys.mean())), fill)
+    cx, cy = float(xs.mean()) + 0.5, float(ys.mean()) + 0.5  # pixel centres, in the renderer's coordinates
+    shape, match = _best_matching_shape(shape_mask, cx, cy)
+    return FrameReading(shape, _NAMES[fg], _NAMES[bg], (float(xs.mean()), float(ys.mean())), match)
+
+
+def _centroid_offset(shape: str) -> tuple[float, float]:
+    """Where a shape's area centroid lies relative to the centre of its bounding box (the renderer's ``cx, cy``)."""
+    return (0.0, SHAPE_SIZE / 6) if shape == "triangle" else (0.0, 0.0)  # a triangle's centroid is 2/3 to its base
+
+
+@functools.cache
+def _centred_template(shape: str, qx: int, qy: int) -> np.ndarray:
+    """``shape`` drawn with its bounding box centred at ``(32 + qx / 4, 32 + qy / 4)``: ``[64, 64]`` bool (coverage
+    at least one half). Quarter-pixel offsets, so any position is a cached template plus a whole-pixel shift."""
+    half = FRAME_SIZE / 2
+    return _shape_mask(shape, half + qx / 4, half + qy / 4) >= 0.5
+
+
+def _shifted(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """``mask`` moved by whole pixels, zeros shifted in."""
+    out = np.zeros_like(mask)
+    h, w = mask.shape
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = mask[max(-dy, 0):h - max(dy, 0),
+                                                                      max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def _best_matching_shape(mask: np.ndarray, cx: float, cy: float, search: int = 1) -> tuple[str, float]:
+    """The shape, drawn at full size with its centroid at ``cx, cy`` (or up to ``search`` pixels away, for blobs whose
+    centroid is a little off), with the highest intersection over union with ``mask``."""
+    best, best_iou = SHAPES[0], -1.0
+    for shape in SHAPES:
+        ox, oy = _centroid_offset(shape)
+        qx, qy = round((cx - ox) * 4), round((cy - oy) * 4)  # bounding-box centre in quarter pixels
+        base = _centred_template(shape, qx % 4, qy % 4)
+        for dy in range(-search, search + 1):
+            for dx in range(-search, search + 1):
+                template = _shifted(base, qx // 4 - FRAME_SIZE // 2 + dx, qy // 4 - FRAME_SIZE // 2 + dy)
+                iou = float((template & mask).sum() / max((template | mask).sum(), 1))
+                if iou > best_iou:
+                    best, best_iou = shape, iou
+    return best, best_iou
 
 
 def _motion_at(readings: list[FrameReading], t: int, radius: int, still_speed: float) -> str | None:
