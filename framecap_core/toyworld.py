@@ -355,10 +355,11 @@ def read_frame_attributes(frame: np.ndarray, min_pixels: int = 20) -> FrameReadi
         return FrameReading(None, None, _NAMES[bg], None, 0.0)
     fg = int(np.bincount(fg_labels, minlength=len(_NAMES)).argmax())
     # the shape: pixels at least halfway from the background colour to the shape colour (as the renderer's
-    # half-coverage edge), so the mask has the drawn size whatever the two colours are
+    # half-coverage edge), so the mask has the drawn size whatever the two colours are (this alone also keeps the
+    # pixels at least half the palette gap from the background)
     fg_rgb = _PALETTE[fg]
     along = ((arr - bg_rgb) * (fg_rgb - bg_rgb)).sum(-1) / ((fg_rgb - bg_rgb) ** 2).sum()
-    shape_mask = mask & (along >= 0.5)
+    shape_mask = along >= 0.5
     if shape_mask.sum() < min_pixels:
         return FrameReading(None, _NAMES[fg], _NAMES[bg], None, 0.0)
     ys, xs = np.nonzero(shape_mask)

@@ -89,7 +89,7 @@ def test_oracle_reads_shapes_through_blur():
     for seed in range(4):
         story = tw.random_story(seed, num_frames=25)
         accs.append(_accuracy(_box_blur(tw.render_story(story), passes=2), story))
-    assert np.mean([a["shape"] for a in accs]) >= 0.97
+    assert np.mean([a["shape"] for a in accs]) >= 0.99
     assert np.mean([a["colour"] for a in accs]) >= 0.99
     # a shape never drawn (a plus sign) matches every template badly
     plus = np.zeros((64, 64, 3), np.uint8)
