@@ -71,6 +71,7 @@ __all__ = [
 
 CACHE_INDEX = "index.json"
 CACHE_FORMAT = "framecap-latent-cache/1"
+EMPTY_CAPTION_FILE = "empty_caption.safetensors"  # the empty caption's embedding, for caption dropout
 MANIFEST_FORMAT = "framecap-manifest/1"
 
 
@@ -472,6 +473,18 @@ class CacheWriter:
         if len(self._pending_meta) >= self.shard_size:
             self.flush()
 
+    def write_empty_caption(self, text) -> None:
+        """Store the embedding of the empty caption ``""`` (``[1, text_len, D]`` or ``[text_len, D]``): training
+        with ``caption_dropout`` swaps a window's captions for it, as Wan's unconditional pass at inference does."""
+        import torch
+        from safetensors.torch import save_file
+
+        text = torch.as_tensor(text).float().cpu().reshape(-1, *torch.as_tensor(text).shape[-2:])[:1].contiguous()
+        if text.ndim != 3 or not torch.isfinite(text).all():
+            raise DatasetError("the empty caption's embedding must be a finite [1, text_len, D] tensor.")
+        with atomic_path(self.root / EMPTY_CAPTION_FILE) as tmp:
+            save_file({"text": text}, str(tmp), metadata={"format": CACHE_FORMAT})
+
     def flush(self) -> None:
         from safetensors.torch import save_file
 
@@ -575,6 +588,9 @@ def build_latent_cache(
                 )
             writer.add(record.clip_id, latents, text, latent_index, unique)
             summary.cached += 1
+        if not (Path(cache_dir) / EMPTY_CAPTION_FILE).is_file():
+            with torch.no_grad():
+                writer.write_empty_caption(encode_text([""]))
     return summary
 
 
@@ -616,6 +632,7 @@ class LatentCache:
         self.meta = clips
         self._open: OrderedDict[str, Any] = OrderedDict()
         self.max_open = max_open
+        self._empty_caption = None
 
     def __len__(self) -> int:
         return len(self.clip_ids)
@@ -653,6 +670,28 @@ class LatentCache:
         text = text.float()
         if text.shape[1] < text_len:
             text = torch.cat([text, text.new_zeros(text.shape[0], text_len - text.shape[1], text.shape[2])], dim=1)
+        return text
+
+    def empty_caption(self):
+        """The empty caption's embedding ``[text_len, D]`` (float32), for caption dropout."""
+        from safetensors.torch import load_file
+
+        if self._empty_caption is not None:
+            return self._empty_caption
+        path = self.root / EMPTY_CAPTION_FILE
+        if not path.is_file():
+            raise DatasetError(
+                f"The latent cache in {str(self.root)!r} has no empty-caption embedding ({EMPTY_CAPTION_FILE}), which "
+                f"caption_dropout needs; rebuild the cache with this version (finetune.py --cache-only) or set "
+                f"caption_dropout to 0."
+            )
+        text = load_file(str(path))["text"][0].float()
+        if text.shape[0] != self.text_len:
+            raise DatasetError(
+                f"The empty caption in {str(path)!r} has {text.shape[0]} tokens but the clips' captions have "
+                f"{self.text_len}; rebuild the cache with one text encoder."
+            )
+        self._empty_caption = text
         return text
 
     @property

@@ -99,6 +99,9 @@ class TrainConfig:
     df_step_size_range: list[float] = field(default_factory=lambda: [0.0, 0.1])
     df_zero_step_prob: float = 0.2
     df_shift: float = DEFAULT_SHIFT
+    # probability that a training window's captions are all replaced by the empty caption, so that classifier-free
+    # guidance (the unconditional pass with the negative prompt "") keeps working after fine-tuning
+    caption_dropout: float = 0.0
     # LoRA (rank 0 = full fine-tune)
     lora_rank: int = 0
     lora_alpha: float | None = None  # default: the rank
@@ -137,6 +140,9 @@ class TrainConfig:
         if self.text_len is not None and (isinstance(self.text_len, bool) or not isinstance(self.text_len, int)
                                           or self.text_len < 1):
             raise ConfigError(f"text_len must be an integer >= 1 or null (from the cache); got {self.text_len!r}.")
+        if isinstance(self.caption_dropout, bool) or not isinstance(self.caption_dropout, (int, float)) or not (
+                0.0 <= self.caption_dropout < 1.0):
+            raise ConfigError(f"caption_dropout must be a probability in [0, 1); got {self.caption_dropout!r}.")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0; got {self.learning_rate!r} (e.g. 1e-5).")
         if self.export_format.startswith("lora") and self.lora_rank == 0:
@@ -295,9 +301,11 @@ def draw_batch(cache, config: TrainConfig, step: int, micro: int, rank: int = 0,
     noise depend only on the seed and the position: a resumed run sees exactly what an uninterrupted one would.
 
     Returns ``latents [B, C, N, h, w]``, ``context [B, N*text_len, D]``, ``sigmas [B, N]``, ``noise`` like latents,
-    and ``draws``: per sample ``{clip, offset, reference, level, step_size}`` for logging.
+    and ``draws``: per sample ``{clip, offset, reference, level, step_size, unconditional}`` for logging (with
+    probability ``config.caption_dropout`` a sample's captions are all the empty caption).
     """
     noise_cfg = config.df_noise()
+    empty = cache.empty_caption() if config.caption_dropout > 0 else None
     latents, contexts, sigmas, noises, draws = [], [], [], [], []
     for b in range(config.batch_size):
         position = ((step * config.gradient_accumulation_steps + micro) * world + rank) * config.batch_size + b
@@ -305,8 +313,11 @@ def draw_batch(cache, config: TrainConfig, step: int, micro: int, rank: int = 0,
         window = cache.window(clip_for_sample(position, len(cache), config.seed), config.window_latents, generator)
         draw = sample_df_training_sigmas(config.window_latents, generator=generator, config=noise_cfg)
         noise = torch.randn(window["latents"].shape, generator=generator, dtype=torch.float32)
+        # drawn last, so the data, crops and noise of a seed do not depend on caption_dropout
+        unconditional = empty is not None and bool(torch.rand(1, generator=generator) < config.caption_dropout)
+        context = empty.repeat(config.window_latents, 1) if unconditional else window["context"].float()
         latents.append(window["latents"].float())
-        contexts.append(window["context"].float())
+        contexts.append(context)
         sigmas.append(draw.sigmas)
         noises.append(noise)
         draws.append({
@@ -315,6 +326,7 @@ def draw_batch(cache, config: TrainConfig, step: int, micro: int, rank: int = 0,
             "reference": int(draw.reference),
             "level": float(draw.level),
             "step_size": float(draw.step_size),
+            "unconditional": unconditional,
         })
     return {
         "latents": torch.stack(latents),

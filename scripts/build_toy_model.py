@@ -9,9 +9,9 @@ Stages (each a function below; ``--stage`` runs one and the ones after it reuse 
 3. ``vae``: a small ``AutoencoderKLWan`` trained on toy frames. Its temporal convolutions start as "per frame" (only
    the causal tap on the current frame is non-zero, time downsampling keeps the newest frame, time upsampling
    repeats it), so it is trained fast on single frames (``--vae-clip-steps N`` adds N steps on 5-frame clips so the
-   temporal taps learn motion; 0 by default, so motion advances in 4-frame steps). Known limit: it leaves the
-   mean-colour plateau only after ~1200 steps; 1500 steps (~8 min on one shared core) end near MSE 0.1 in [-1, 1],
-   enough for backgrounds and colours, not yet for crisp shapes. Its ``latents_mean`` / ``latents_std`` are measured on the data.
+   temporal taps learn motion; 0 by default, so motion advances in 4-frame steps). Its residual branches start at
+   zero, which with a small step size (1e-4) takes it off the mean-colour plateau in a few hundred steps; the shape's
+   pixels weigh more in the loss. Its ``latents_mean`` / ``latents_std`` are measured on the data.
 4. ``data``: toy stories rendered into clips of 49 frames (13 latents), a manifest (JSON Lines, one clip per line)
    and the latent cache (``framecap_core.data.CacheWriter``: normalized latents and the clips' caption embeddings).
 5. ``train``: ``training/finetune.py`` (Diffusion Forcing, frame-level captions) from a random transformer.
@@ -116,12 +116,27 @@ def make_text_encoder(vocab_size: int, seed: int = 0):
 def make_vae(seed: int = 0):
     """A small Wan VAE whose temporal taps start "per frame" (see the module docstring)."""
     from diffusers import AutoencoderKLWan
-    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample
+    from diffusers.models.autoencoders.autoencoder_kl_wan import (
+        WanAttentionBlock,
+        WanCausalConv3d,
+        WanResample,
+        WanResidualBlock,
+    )
 
     torch.manual_seed(seed)
     vae = AutoencoderKLWan(**VAE_CONFIG, latents_mean=[0.0] * Z_DIM, latents_std=[1.0] * Z_DIM)
     time_convs = set()
     with torch.no_grad():
+        # Residual branches start at zero (each block starts as its shortcut): with the Wan VAE's channel-wise RMS
+        # norms, a random start sits on the "mean colour" plateau for over a thousand steps; this one leaves it in a
+        # few hundred.
+        for module in vae.modules():
+            if isinstance(module, WanResidualBlock):
+                module.conv2.weight.zero_()
+                module.conv2.bias.zero_()
+            elif isinstance(module, WanAttentionBlock):
+                module.proj.weight.zero_()
+                module.proj.bias.zero_()
         for module in vae.modules():
             if isinstance(module, WanResample) and hasattr(module, "time_conv"):
                 conv = module.time_conv
@@ -137,27 +152,6 @@ def make_vae(seed: int = 0):
             if isinstance(module, WanCausalConv3d) and id(module) not in time_convs and module.kernel_size[0] > 1:
                 module.weight[:, :, :-1] = 0.0  # only the current frame's tap
     return vae
-
-
-def single_frame_convs():
-    """While active, a causal 3D convolution of one frame with no cache runs as the equivalent 2D convolution (the
-    zero padding in time meets every tap but the last): the same numbers, several times faster on CPU."""
-    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
-
-    original = WanCausalConv3d.forward
-
-    def forward(self, x, cache_x=None):
-        if x.shape[2] != 1 or cache_x is not None or self.stride[0] != 1:
-            return original(self, x, cache_x)
-        pw, ph = self._padding[0], self._padding[2]
-        y = torch.nn.functional.conv2d(x[:, :, 0], self.weight[:, :, -1], self.bias, padding=(ph, pw))
-        return y[:, :, None]
-
-    WanCausalConv3d.forward = forward
-    try:
-        yield
-    finally:
-        WanCausalConv3d.forward = original
 
 
 def _random_frames(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -208,14 +202,21 @@ def _encode_decode_frames(vae, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return mu, vae.decoder(vae.post_quant_conv(mu), first_chunk=True)
 
 
-def train_vae(vae, *, steps_image: int, steps_clip: int, seed: int = 0, lr: float = 2e-3, batch: int = 8,
-              pool: int = 1024, latent_weight: float = 1e-4):
-    """Reconstruction (MSE) of the posterior mean, first on single frames, then on 5-frame clips.
+def foreground_mask(x: torch.Tensor) -> torch.Tensor:
+    """``x [B, 3, T, H, W]`` -> ``[B, 1, T, H, W]``, 1 where a pixel differs from its frame's corner pixel (toy frames
+    are a flat background with one shape away from the corners)."""
+    return (x - x[..., :1, :1]).abs().amax(dim=1, keepdim=True).gt(1e-3).float()
 
-    Why these settings: from a random start this VAE sits for a few hundred steps on the "mean colour" plateau
-    (MSE ~0.6 in [-1, 1]) before its decoder starts to use the latent; a constant 2e-3 with Adam betas (0.9, 0.99)
-    and no gradient clipping leaves it fastest (a 1e-3 cosine schedule with clipping never left it in 900 steps).
-    Frames come from a fixed pool drawn once (rendering is slower than a step of this model)."""
+
+def train_vae(vae, *, steps_image: int, steps_clip: int, seed: int = 0, lr: float = 1e-4, batch: int = 8,
+              pool: int = 1024, latent_weight: float = 1e-4, foreground_weight: float = 4.0):
+    """Reconstruction of the posterior mean, first on single frames, then on 5-frame clips.
+
+    The loss is a pixel MSE in which the shape's pixels weigh ``1 + foreground_weight``: a shape covers a few percent
+    of a frame, and an unweighted MSE is content for a long time with a blurred one. Why these settings: the Wan
+    VAE's channel-wise RMS norms make it sensitive to the step size — with zero-initialized residual branches
+    (``make_vae``) a constant 1e-4 leaves the mean-colour plateau in ~400 steps, while 2e-4 takes ~1000 and 5e-4
+    or more stay on it. Frames come from a fixed pool drawn once (rendering is slower than a step of this model)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     opt = torch.optim.Adam(vae.parameters(), lr=lr, betas=(0.9, 0.99))
@@ -226,7 +227,7 @@ def train_vae(vae, *, steps_image: int, steps_clip: int, seed: int = 0, lr: floa
     for step in range(total):
         image_phase = step < steps_image
         k, n = (step, steps_image) if image_phase else (step - steps_image, steps_clip)
-        peak = lr if image_phase else lr * 0.25  # the clip phase refines a trained model
+        peak = lr if image_phase else lr * 0.5  # the clip phase refines a trained model
         # constant, then a cosine decay over the last quarter of each phase
         tail = max(k - 0.75 * n, 0.0) / max(0.25 * n, 1.0)
         for group in opt.param_groups:
@@ -240,14 +241,17 @@ def train_vae(vae, *, steps_image: int, steps_clip: int, seed: int = 0, lr: floa
             rec = decode_unclamped(vae, mu)
         # a deterministic autoencoder (the posterior mean, as the latent cache uses) with a small penalty that keeps
         # the latents' scale bounded; the diffusion model sees them normalized by their measured mean / std
-        mse = torch.nn.functional.mse_loss(rec, x)
-        loss = mse + latent_weight * mu.pow(2).mean()
+        fg = foreground_mask(x)
+        err = (rec - x).pow(2)
+        mse = err.mean()
+        loss = (err * (1 + foreground_weight * fg)).mean() + latent_weight * mu.pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 50 == 0 or step == total - 1:
+            fg_mse = (err * fg).sum() / (3 * fg.sum()).clamp_min(1)
             log(f"vae step {step + 1}/{total} ({'frames' if image_phase else 'clips'}) mse {mse.item():.5f} "
-                f"({time.time() - t0:.0f} s)")
+                f"shape mse {fg_mse.item():.4f} ({time.time() - t0:.0f} s)")
     return vae.eval()
 
 
@@ -311,12 +315,14 @@ def write_cache(stories, cache_dir: Path, vae, encoder, tokenizer, *, global_cap
                 text = encode_captions(encoder, tokenizer, unique, text_len=text_len)
                 writer.add(f"toy-{i + j:05d}", latents, text, index, unique)
             log(f"cached {min(i + 16, len(stories))}/{len(stories)} clips")
+        writer.write_empty_caption(encode_captions(encoder, tokenizer, [""], text_len=text_len))
 
 
 # ------------------------------------------------------------------------------------------------------ assembly
 
 
-def save_folder(folder: Path, *, transformer, vae, text_encoder, tokenizer, text_len: int = TEXT_LEN) -> Path:
+def save_folder(folder: Path, *, transformer, vae, text_encoder, tokenizer, text_len: int = TEXT_LEN,
+                build: dict | None = None) -> Path:
     from diffusers import UniPCMultistepScheduler, WanPipeline
 
     if folder.exists():
@@ -329,6 +335,8 @@ def save_folder(folder: Path, *, transformer, vae, text_encoder, tokenizer, text
         "text_len": text_len, "fps": 16, "defaults": GENERATION_DEFAULTS,
         "toy_world": {"frame_size": tw.FRAME_SIZE, "words": list(tw.TOY_WORDS)},
         "built_by": "scripts/build_toy_model.py",
+        # the build's arguments, so a baseline (benchmarks/bench_paper.py) can be trained exactly like this model
+        **({"build": build} if build else {}),
     }
     (folder / "framecap.json").write_text(json.dumps(settings, indent=2) + "\n")
     return folder
@@ -355,7 +363,7 @@ def train_config(work: Path, steps: int, seed: int, *, cache: str = "cache", out
         "height": 64, "width": 64, "text_len": text_len, "window_latents": WINDOW_LATENTS, "max_steps": steps,
         "batch_size": 16, "learning_rate": 1e-3, "lr_schedule": "cosine", "lr_warmup_steps": 100,
         "weight_decay": 0.01, "max_grad_norm": 1.0, "seed": seed, "df_step_size_range": [0.0, 0.1],
-        "df_zero_step_prob": 0.3, "df_shift": 3.0, "checkpoint_every": max(steps // 2, 1), "keep_checkpoints": 1,
+        "df_zero_step_prob": 0.3, "df_shift": 3.0, "caption_dropout": 0.1, "checkpoint_every": max(steps // 2, 1), "keep_checkpoints": 1,
         "report_to": "none", "export_format": "diffusers", "log_every": 50, **extra,
     }
     path = work / f"{out}.json"
@@ -389,7 +397,7 @@ def main(argv=None) -> int:
     parser.add_argument("--stage", choices=STAGES, default="tokenizer", help="start at this stage")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clips", type=int, default=128)
-    parser.add_argument("--vae-image-steps", type=int, default=1500)
+    parser.add_argument("--vae-image-steps", type=int, default=3000)
     parser.add_argument("--vae-clip-steps", type=int, default=0)
     parser.add_argument("--train-steps", type=int, default=400)
     parser.add_argument("--threads", type=int, default=1)
@@ -446,7 +454,9 @@ def main(argv=None) -> int:
 
     # 6. the bundled folder
     transformer = load_exported_transformer(work / "train" / "framecap_transformer.safetensors")
-    save_folder(out, transformer=transformer, vae=vae, text_encoder=encoder, tokenizer=tokenizer)
+    build = {"seed": args.seed, "clips": args.clips, "vae_image_steps": args.vae_image_steps,
+             "vae_clip_steps": args.vae_clip_steps, "train_steps": args.train_steps}
+    save_folder(out, transformer=transformer, vae=vae, text_encoder=encoder, tokenizer=tokenizer, build=build)
     log(f"toy model written to {out} ({folder_size(out) / 1e6:.1f} MB) in {time.time() - t_all:.0f} s")
     return 0
 

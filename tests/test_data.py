@@ -286,6 +286,8 @@ def test_latent_cache_from_the_manifest(built, tmp_path):
     unique, index = clip_latent_captions(records[0])
     assert item["caption_index"].tolist() == index
     assert item["text"][:, 0, 0].tolist() == [float(len(c)) for c in unique]
+    # the empty caption's embedding is cached too (caption dropout trains the unconditional pass on it)
+    assert torch.equal(cache.empty_caption(), encode_text([""])[0])
     # resumable: nothing is re-encoded
     again = build_latent_cache(manifest, tmp_path / "cache", vae=vae, encode_text=encode_text, height=32, width=32,
                                progress=False)

@@ -189,6 +189,37 @@ def test_df_noise_has_the_configured_distribution(tmp_path, cache_dir):
     assert len({d["clip"] for d in draws}) == 4
 
 
+def test_caption_dropout_swaps_whole_windows_for_the_empty_caption(tmp_path):
+    from framecap_core.errors import DatasetError
+
+    cache_dir = _make_cache(tmp_path / "cache")
+    plain = _config(tmp_path, cache_dir, batch_size=4)
+    # without the empty caption's embedding in the cache, dropout fails with the fix; 0 needs nothing
+    with pytest.raises(DatasetError, match="empty-caption embedding"):
+        draw_batch(LatentCache(cache_dir), dataclasses.replace(plain, caption_dropout=0.25), 0, 0)
+    empty = torch.randn(1, TEXT_LEN, TINY_TEXT_DIM)
+    CacheWriter(cache_dir, settings={"height": 32, "width": 32}).write_empty_caption(empty)
+    cache = LatentCache(cache_dir)
+    assert torch.equal(cache.empty_caption(), empty[0])
+    config = dataclasses.replace(plain, caption_dropout=0.25)
+    dropped = 0
+    for step in range(50):
+        a, b = draw_batch(cache, plain, step, 0), draw_batch(cache, config, step, 0)
+        # the same data, crops and noise as without dropout
+        for key in ("latents", "sigmas", "noise"):
+            assert torch.equal(a[key], b[key])
+        for i, d in enumerate(b["draws"]):
+            if d["unconditional"]:
+                dropped += 1
+                assert torch.equal(b["context"][i], empty[0].repeat(4, 1))  # every frame: the empty caption
+            else:
+                assert torch.equal(b["context"][i], a["context"][i])
+        assert not any(d["unconditional"] for d in a["draws"])
+    assert 30 < dropped < 70  # 200 samples at p = 0.25
+    with pytest.raises(ConfigError, match="caption_dropout"):
+        dataclasses.replace(plain, caption_dropout=1.0)
+
+
 def test_each_step_logs_its_df_noise(tmp_path, cache_dir):
     config = _config(tmp_path, cache_dir, max_steps=3, batch_size=2, gradient_accumulation_steps=2,
                      checkpoint_every=0, learning_rate=1e-4)
