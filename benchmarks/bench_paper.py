@@ -65,12 +65,21 @@ def score(frames: np.ndarray, story: tw.ToyStory) -> dict[str, float]:
     return {**s.as_dict(), "drift": drift(frames)}
 
 
+def toy_defaults() -> dict:
+    """The bundled toy model's generation defaults (its ``framecap.json``), as ``framecap generate --model toy``
+    uses them; one window is SHORT frames."""
+    from framecap_core.models import TOY_MODEL_DIR
+
+    return json.loads((TOY_MODEL_DIR / "framecap.json").read_text())["defaults"]
+
+
 def run_generation(model, timeline: Timeline, method: str, seed: int) -> np.ndarray:
     from framecap_core.pipeline import GenerationSettings, generate
 
-    # the toy model's generation defaults (framecap.json), one window = SHORT frames
-    settings = GenerationSettings(method=method, window=SHORT, overlap=16, steps=16, guidance=1.0, shift=3.0,
-                                  seed=seed, width=64, height=64, fps=16, negative="")
+    d = toy_defaults()
+    settings = GenerationSettings(method=method, window=d["window"], overlap=d["overlap"], steps=d["steps"],
+                                  guidance=d["guidance"], shift=d["shift"], seed=seed, width=d["width"],
+                                  height=d["height"], fps=16, negative=d["negative"])
     return np.asarray(generate(model, timeline, settings).frames)
 
 
@@ -82,8 +91,7 @@ def bundled_build() -> dict:
     """How the bundled toy model was built (``framecap.json`` "build"): the baseline is trained the same way."""
     from framecap_core.models import TOY_MODEL_DIR
 
-    settings = json.loads((TOY_MODEL_DIR / "framecap.json").read_text())
-    return {"seed": 0, "clips": 128, "train_steps": 400, **settings.get("build", {})}
+    return json.loads((TOY_MODEL_DIR / "framecap.json").read_text())["build"]
 
 
 def train_video_level(work: Path, steps: int, clips: int, threads: int, seed: int = 0) -> Path:

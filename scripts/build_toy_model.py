@@ -69,7 +69,7 @@ TEXT_CONFIG = dict(
 )
 GENERATION_DEFAULTS = {  # framecap.json "defaults": what `framecap generate --model toy` uses unless overridden
     "width": 64, "height": 64, "window": 4 * (WINDOW_LATENTS - 1) + 1, "overlap": 16, "steps": 16,
-    "guidance": 1.0, "shift": 3.0, "seconds": 4.0, "negative": "",
+    "guidance": 5.0, "shift": 3.0, "seconds": 4.0, "negative": "",
 }
 
 
@@ -396,10 +396,10 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=str(ROOT / "runs" / "toy_build"))
     parser.add_argument("--stage", choices=STAGES, default="tokenizer", help="start at this stage")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--clips", type=int, default=128)
+    parser.add_argument("--clips", type=int, default=256)
     parser.add_argument("--vae-image-steps", type=int, default=3000)
     parser.add_argument("--vae-clip-steps", type=int, default=0)
-    parser.add_argument("--train-steps", type=int, default=400)
+    parser.add_argument("--train-steps", type=int, default=3000)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

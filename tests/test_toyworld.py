@@ -179,28 +179,44 @@ def test_toy_model_folder_is_small_and_safetensors_only():
     assert tok.unk_token_id not in ids
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(reason="the bundled toy VAE is under-trained (backgrounds follow the story, shapes are still blurred); "
-                          "rebuild with more VAE steps (scripts/build_toy_model.py) to make this pass", strict=False)
-def test_main_command_follows_the_story(tmp_path):
-    """`framecap generate --model toy --prompt STORY` then the oracle: most scenes read back as their captions."""
+@pytest.fixture(scope="module")
+def main_command_reading(tmp_path_factory):
+    """`framecap generate --model toy --prompt STORY` (the README's main command), read back by the oracle: per
+    scene, the fraction of its inner frames (away from the cuts) whose shape / colour / background match."""
     if not (_toy_model_dir() / "model_index.json").is_file():
         pytest.skip("toy model not built (scripts/build_toy_model.py)")
     from framecap_core.cli import main
     from framecap_core.timeline import Timeline
     from framecap_core.video import read_mp4
 
-    out = tmp_path / "demo.mp4"
+    out = tmp_path_factory.mktemp("main") / "demo.mp4"
     assert main(["generate", "--model", "toy", "--prompt", TOY_STORY, "--out", str(out), "--quiet",
                  "--no-storyboard"]) == 0
-    timeline = Timeline.from_json((tmp_path / "demo.timeline.json").read_text())
+    timeline = Timeline.from_json(out.with_name("demo.timeline.json").read_text())
     assert len(timeline.scenes) == 3
-    frames = read_mp4(out)[: timeline.num_frames]
-    reads = tw.read_video_attributes(frames)
-    agree = []
+    reads = tw.read_video_attributes(read_mp4(out)[: timeline.num_frames])
+    scenes = []
     for scene in timeline.scenes:
         truth = tw.parse_caption(scene.caption)
-        inner = range(scene.start + 4, scene.end - 4)  # away from the cuts
-        per_attr = {k: np.mean([reads[i][k] == truth[k] for i in inner]) for k in ("shape", "colour", "background")}
-        agree.append(min(per_attr.values()) >= 0.6)
-    assert sum(agree) >= 2, agree
+        inner = range(scene.start + 4, scene.end - 4)
+        scenes.append({k: float(np.mean([reads[i][k] == truth[k] for i in inner]))
+                       for k in ("shape", "colour", "background")})
+    return scenes
+
+
+@pytest.mark.slow
+def test_main_command_changes_scene_with_the_story(main_command_reading):
+    """Every scene shows its own background, and most scenes get most of their caption (2 of shape / colour /
+    background in the majority of their frames): the video follows the story scene by scene."""
+    assert all(s["background"] >= 0.9 for s in main_command_reading), main_command_reading
+    mostly = [sum(v > 0.5 for v in s.values()) >= 2 for s in main_command_reading]
+    assert sum(mostly) >= 2, main_command_reading
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="the bundled toy transformer (3000 steps on one CPU core) gets backgrounds right, the shape "
+                          "colour mostly and the shape about half the time; more training is needed for every "
+                          "attribute of most scenes", strict=False)
+def test_main_command_draws_every_attribute_of_most_scenes(main_command_reading):
+    agree = [min(s.values()) >= 0.6 for s in main_command_reading]
+    assert sum(agree) >= 2, main_command_reading

@@ -34,12 +34,13 @@ MODEL_HINTS = [
      "directory": "vae"},
 ]
 
-# Toy-model defaults (its framecap.json): 64 x 64 frames, windows of 33 frames (its training length), 16 steps,
-# shift 3, guidance 1 (off), as the toy model's framecap.json recommends.
-TOY_SIZE = {"width": 64, "height": 64}
-TOY_SCHEDULE = {"steps": 16, "shift": 3.0, "solver": "auto", "df_step": 0, "causal_block_size": 1}
-TOY_WINDOW = {"window": 33, "overlap": 16, "fusion": "flat", "window_batch_size": 0}
-TOY_GUIDANCE = 1.0
+# Toy-model defaults, read from its framecap.json (64 x 64 frames, windows of its training length, its steps, shift
+# and guidance), so the workflows run it as `framecap generate --model toy` does.
+_TOY = json.loads((ROOT / "framecap_core" / "toy_model" / "framecap.json").read_text())["defaults"]
+TOY_SIZE = {"width": _TOY["width"], "height": _TOY["height"]}
+TOY_SCHEDULE = {"steps": _TOY["steps"], "shift": _TOY["shift"], "solver": "auto", "df_step": 0, "causal_block_size": 1}
+TOY_WINDOW = {"window": _TOY["window"], "overlap": _TOY["overlap"], "fusion": "flat", "window_batch_size": 0}
+TOY_GUIDANCE = _TOY["guidance"]
 SECONDS, FPS = 8.0, 16
 
 TOY_STORY = (
