@@ -3,7 +3,7 @@
 Table 1 — video-level against frame-level prompting. "Video-level" is a toy transformer trained exactly like the
 bundled one (``training/finetune.py``, Diffusion Forcing) but with one caption per clip (the whole story as prose),
 and given the whole story at inference; "frame-level" is the bundled toy model with the story's timeline. Short
-videos are one training window (33 frames); long ones are 4x that (129 frames), sampled with PMWD.
+videos are one training window (33 frames); long ones are 4x that (129 frames; ``--long-frames``), sampled with PMWD.
 
 Table 2 — PMWD against sequential sliding window and FIFO, long videos with frame-level prompts, bundled model.
 
@@ -14,6 +14,7 @@ shows up as off-palette pixels.
 
     python benchmarks/bench_paper.py --seeds 3                # Table 2 (needs only the bundled model)
     python benchmarks/bench_paper.py --seeds 3 --table1       # also trains the video-level baseline (as long as the toy build's training stage)
+    python benchmarks/bench_paper.py --seeds 10 --long-frames 257   # Table 2 on 8x-long videos
     python benchmarks/bench_paper.py --json results.json
 """
 
@@ -132,6 +133,8 @@ def main(argv=None) -> int:
     parser.add_argument("--clips", type=int, help="baseline training clips (default: the bundled model's)")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench_paper"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--long-frames", type=int, default=LONG,
+                        help="frames of the long videos (4k+1; default 129, 4x the training window)")
     parser.add_argument("--json", dest="json_out")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -141,7 +144,11 @@ def main(argv=None) -> int:
     results: dict[str, dict[str, list[dict[str, float]]]] = {"table1": {}, "table2": {}}
     t0 = time.time()
     frame_model = load_wan("toy", device="cpu")
-    long_stories = [story_for(s, LONG, (4, 6)) for s in range(args.seeds)]
+    if args.long_frames < SHORT or (args.long_frames - 1) % 4:
+        parser.error(f"--long-frames must be 4k+1 and at least {SHORT}; got {args.long_frames}")
+    long_label = f"long ({(args.long_frames - 1) / (SHORT - 1):g}x)"
+    scenes = (4, 6) if args.long_frames <= LONG else (4 * args.long_frames // LONG, 6 * args.long_frames // LONG)
+    long_stories = [story_for(s, args.long_frames, scenes) for s in range(args.seeds)]
 
     # Table 2: samplers on long videos, frame-level prompts
     for method, name in (("fifo", "FIFO"), ("sliding", "Sequential sliding window"), ("pmwd", "PMWD")):
@@ -150,7 +157,7 @@ def main(argv=None) -> int:
             rows.append(score(run_generation(frame_model, story.timeline(), method, seed), story))
         results["table2"][name] = rows
         print(f"[{time.time() - t0:.0f} s] table 2: {name} done", file=sys.stderr)
-    print("\nTable 2 (toy): samplers, long videos (129 frames), frame-level prompts\n")
+    print(f"\nTable 2 (toy): samplers, long videos ({args.long_frames} frames), frame-level prompts\n")
     print(table(list(results["table2"].items())))
 
     if args.table1:
@@ -166,8 +173,8 @@ def main(argv=None) -> int:
         rows = {
             "DF + video-level prompt, short": runs(video_model, short_stories, True),
             "DF + frame-level prompt, short": runs(frame_model, short_stories, False),
-            "DF + video-level prompt, long (4x)": runs(video_model, long_stories, True),
-            "DF + frame-level prompt, long (4x)": results["table2"]["PMWD"],
+            f"DF + video-level prompt, {long_label}": runs(video_model, long_stories, True),
+            f"DF + frame-level prompt, {long_label}": results["table2"]["PMWD"],
         }
         results["table1"] = rows
         print("\nTable 1 (toy): video-level vs frame-level prompting\n")
