@@ -479,11 +479,13 @@ class CacheWriter:
         import torch
         from safetensors.torch import save_file
 
-        text = torch.as_tensor(text).float().cpu().reshape(-1, *torch.as_tensor(text).shape[-2:])[:1].contiguous()
-        if text.ndim != 3 or not torch.isfinite(text).all():
-            raise DatasetError("the empty caption's embedding must be a finite [1, text_len, D] tensor.")
+        text = torch.as_tensor(text).float().cpu()
+        text = text[None] if text.ndim == 2 else text
+        if text.ndim != 3 or text.shape[0] != 1 or not torch.isfinite(text).all():
+            raise DatasetError(f"the empty caption's embedding must be a finite [1, text_len, D] tensor; got shape "
+                               f"{tuple(text.shape)}.")
         with atomic_path(self.root / EMPTY_CAPTION_FILE) as tmp:
-            save_file({"text": text}, str(tmp), metadata={"format": CACHE_FORMAT})
+            save_file({"text": text.contiguous()}, str(tmp), metadata={"format": CACHE_FORMAT})
 
     def flush(self) -> None:
         from safetensors.torch import save_file
