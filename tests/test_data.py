@@ -18,7 +18,6 @@ from framecap_core.data import (
     LatentCache,
     ManifestWriter,
     VideoInfo,
-    _dct_matrix,
     build_dataset,
     build_latent_cache,
     clip_latent_captions,
@@ -31,6 +30,7 @@ from framecap_core.data import (
     read_clip_frames,
     read_manifest,
 )
+from framecap_core.data.hashing import _dct_matrix
 from framecap_core.errors import DatasetError
 from framecap_core.prompting.templates import annotation_system_instruction
 
