@@ -215,14 +215,9 @@ def load_caption_encoder(
     from .models import (
         DEFAULT_TEXT_LEN as MODEL_TEXT_LEN,
     )
-    from .models import (
-        TOY_MODEL_DIR,
-        _component_identity,
-        _digest,
-        load_text_encoder,
-        read_framecap_json,
-        resolve_dtype,
-    )
+    from .models import TOY_MODEL_DIR, load_text_encoder, read_framecap_json, resolve_dtype
+    from .models.files import _digest
+    from .models.wan import _component_identity
 
     path = TOY_MODEL_DIR if str(source) == "toy" else Path(source)
     encoder, tokenizer = load_text_encoder(path, config=config, tokenizer_path=tokenizer_path, dtype=dtype,

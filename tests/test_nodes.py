@@ -375,6 +375,7 @@ def test_loader_takes_comfyui_single_files(tmp_path, monkeypatch, models_dir):
     import torch
 
     import framecap_core.models as models
+    from framecap_core.models import components, sources, wan
     from framecap_core.tiny import SINGLE_FILE_NAMES, save_tiny_wan
 
     written = save_tiny_wan(tmp_path / "tiny", formats=("diffusers", "comfy"), seed=0)
@@ -383,7 +384,8 @@ def test_loader_takes_comfyui_single_files(tmp_path, monkeypatch, models_dir):
         (root / folder).mkdir(parents=True)
         written[key].rename(root / folder / SINGLE_FILE_NAMES[key])
     # The tiny architecture stands in for the shipped Wan2.1-1.3B configs that real files are read with.
-    monkeypatch.setattr(models, "SHIPPED_CONFIG_DIR", written["diffusers"])
+    for module in (sources, components, wan):  # every module that falls back on the shipped configs
+        monkeypatch.setattr(module, "SHIPPED_CONFIG_DIR", written["diffusers"])
     monkeypatch.setattr(compat, "_fallback_models_dir", root)
     loader = MAPPINGS["FrameCapWanLoader"]
     required = loader.INPUT_TYPES()["required"]

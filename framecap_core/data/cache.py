@@ -14,11 +14,7 @@ from ..errors import DatasetError
 from ..fileio import atomic_path, atomic_write_text
 
 CACHE_INDEX = "index.json"
-
-
 CACHE_FORMAT = "framecap-latent-cache/1"
-
-
 EMPTY_CAPTION_FILE = "empty_caption.safetensors"  # the empty caption's embedding, for caption dropout
 
 
