@@ -5,7 +5,15 @@ Nodes surface these messages unchanged, so write them for a person, not a stack 
 
 
 class FrameCapError(Exception):
-    """Base class of every error FrameCap raises on bad input, files or settings."""
+    """Base class of every error FrameCap raises on bad input, files or settings.
+
+    ``field``: the setting at fault as the library names it (``"shift"``, ``"width"``), when there is one; front ends
+    use it to name their own knob instead (the command line says ``--shift``).
+    """
+
+    def __init__(self, message: str = "", *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class TimelineError(FrameCapError, ValueError):
@@ -22,6 +30,10 @@ class ModelLoadError(FrameCapError):
 
 class PromptBuildError(FrameCapError):
     """Turning a story into frame-level captions failed (no key, no network, refusal, bad answer)."""
+
+
+class OutputError(FrameCapError):
+    """An output file cannot be written there (a folder, a read-only place, a full disk)."""
 
 
 class DatasetError(FrameCapError):

@@ -38,6 +38,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CancelledError, ConfigError
+from .limits import (
+    MAX_FPS,
+    MAX_NUM_FRAMES,
+    MAX_NUM_LATENTS,
+    MAX_SAMPLER_ITERATIONS,
+    MAX_SIDE,
+    MAX_STEPS,
+    SEED_MODULUS,
+    check_number,
+    reduce_seed,
+)
 from .timeline import Timeline
 
 __all__ = [
@@ -145,47 +156,48 @@ class GenerationSettings:
     def validate(self) -> GenerationSettings:
         """Raise :class:`ConfigError` (what is wrong and the fix) on the first bad setting; return self."""
 
-        def need_int(name: str, low: int, hint: str) -> int:
+        def need_int(name: str, low: int, hint: str, high: int = MAX_NUM_LATENTS) -> int:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}; {hint}.")
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}; {hint}.", field=name)
+            if value > high:
+                raise ConfigError(f"{name}={value} is more than the limit of {high}; {hint}.", field=name)
             return value
 
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}.")
-        need_int("window", 1, "use 81 frames (21 latents, Wan's training length)")
+        need_int("window", 1, "use 81 frames (21 latents, Wan's training length)", MAX_NUM_FRAMES)
         if (self.window - 1) % 4:
             lower = self.window - (self.window - 1) % 4
             raise ConfigError(
                 f"window={self.window} frames is not of the form 4k+1 (a window must hold whole latents); use "
-                f"{lower} or {lower + 4}."
+                f"{lower} or {lower + 4}.",
+                field="window",
             )
-        need_int("overlap", 0, "use about a third of the window, e.g. 28 frames for window 81")
+        need_int("overlap", 0, "use about a third of the window, e.g. 28 frames for window 81", MAX_NUM_FRAMES)
         if self.overlap % 4:
             lower = self.overlap - self.overlap % 4
             raise ConfigError(
                 f"overlap={self.overlap} frames is not a multiple of 4 (4 frames = 1 latent); use {lower} or "
-                f"{lower + 4}."
+                f"{lower + 4}.",
+                field="overlap",
             )
         if self.method in ("pmwd", "sliding") and self.overlap_latents >= self.window_latents:
             suggestion = 4 * (self.window_latents // 3)
             raise ConfigError(
                 f"overlap={self.overlap} frames ({self.overlap_latents} latents) must be smaller than the window "
                 f"({self.window} frames = {self.window_latents} latents), or windows would never advance; use e.g. "
-                f"overlap={suggestion}."
+                f"overlap={suggestion}.",
+                field="overlap",
             )
         if self.fusion not in FUSIONS:
             raise ConfigError(f"unknown fusion {self.fusion!r}; use one of {', '.join(FUSIONS)}.")
-        need_int("df_step", 0, "use 0 (synchronous) or a small lag such as 2")
+        need_int("df_step", 0, "use 0 (synchronous) or a small lag such as 2", MAX_STEPS)
         need_int("causal_block_size", 1, "use 1 (every latent its own block)")
-        need_int("steps", 1, "use e.g. 50 (Wan's default) or 30")
-        need_int("seed", 0, "use any non-negative integer")
-        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) or not (
-            math.isfinite(self.guidance) and self.guidance >= 0
-        ):
-            raise ConfigError(f"guidance must be a number >= 0, got {self.guidance!r}; use 5.0 (1 turns it off).")
-        if isinstance(self.shift, bool) or not isinstance(self.shift, (int, float)) or not self.shift > 0:
-            raise ConfigError(f"shift must be a number > 0, got {self.shift!r}; use {_default_shift()}.")
+        need_int("steps", 1, "use e.g. 50 (Wan's default) or 30", MAX_STEPS)
+        self.seed = reduce_seed(self.seed)
+        check_number(self.guidance, "guidance", 0, math.inf, "use 5.0 (1 turns it off)")
+        check_number(self.shift, "shift", 0, math.inf, f"use {_default_shift()}", low_inclusive=False)
         if self.solver not in SOLVER_CHOICES:
             raise ConfigError(f"unknown solver {self.solver!r}; use one of {', '.join(SOLVER_CHOICES)}.")
         if self.solver == "unipc" and (self.df_step > 0 or self.method == "fifo"):
@@ -195,19 +207,20 @@ class GenerationSettings:
                 + " gives per-latent timesteps; use solver 'euler' or 'auto'."
             )
         for name in ("width", "height"):
-            value = need_int(name, SIZE_MULTIPLE, "use e.g. 832x480")
+            value = need_int(name, SIZE_MULTIPLE, "use e.g. 832x480", MAX_SIDE)
             if value % SIZE_MULTIPLE:
                 lower = value - value % SIZE_MULTIPLE
                 raise ConfigError(
                     f"{name}={value} is not a multiple of {SIZE_MULTIPLE} (VAE stride 8 x patch 2); use "
-                    f"{max(lower, SIZE_MULTIPLE)} or {lower + SIZE_MULTIPLE}."
+                    f"{max(lower, SIZE_MULTIPLE)} or {lower + SIZE_MULTIPLE}.",
+                    field=name,
                 )
         if self.fps is not None:
-            need_int("fps", 1, "use 16 (Wan's frame rate)")
+            need_int("fps", 1, "use 16 (Wan's frame rate)", MAX_FPS)
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}; use one of {', '.join(DTYPES)}.")
         if self.window_batch_size is not None:
-            need_int("window_batch_size", 1, "or leave it unset to batch all windows of a step")
+            need_int("window_batch_size", 1, "use 1 or 2 to save memory, or leave it unset to batch all windows")
         if self.negative is not None and not isinstance(self.negative, str):
             raise ConfigError(f"negative must be a string, got {type(self.negative).__name__}.")
         return self
@@ -330,6 +343,16 @@ def plan_generation(timeline: Timeline, settings: GenerationSettings) -> Generat
     stride = max(n - overlap, 1)
     solver = settings.resolved_solver()
     method = settings.method
+    if settings.df_step > 0 and method in ("pmwd", "single"):
+        # The Diffusion Forcing schedule is an iterations x latents table: bound it before it is built.
+        iterations = settings.steps + settings.df_step * (math.ceil(num / settings.causal_block_size) - 1)
+        if iterations > MAX_SAMPLER_ITERATIONS:
+            raise ConfigError(
+                f"df_step={settings.df_step} makes {iterations} sampler iterations over {num} latents (steps + "
+                f"df_step x (blocks - 1)), more than the limit of {MAX_SAMPLER_ITERATIONS}; lower df_step or raise "
+                f"causal_block_size.",
+                field="df_step",
+            )
     if method == "pmwd":
         starts = plan_windows(num, n, stride)
         cost = estimate_cost("pmwd", num, window=n, num_steps=settings.steps, stride=stride,
@@ -507,7 +530,7 @@ def generate(
         latents = sampling.sliding_window(denoiser, noise, sigmas, window=n, context=plan.overlap_latents,
                                           solver=plan.solver, callback=on_event)
     else:
-        fifo_gen = torch.Generator().manual_seed(int(settings.seed) + 1)
+        fifo_gen = torch.Generator().manual_seed((int(settings.seed) + 1) % SEED_MODULUS)
         latents = sampling.fifo(denoiser, noise, None, window=n, lookahead=settings.lookahead, shift=settings.shift,
                                 generator=fifo_gen, callback=on_event)
     timings["denoise"] = time.perf_counter() - t0

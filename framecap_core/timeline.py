@@ -64,6 +64,7 @@ fault (1-based, quoted) and how to fix it.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -74,18 +75,34 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TimelineError
+from .limits import (
+    MAX_CAPTION_CHARS,
+    MAX_FPS,
+    MAX_NUM_FRAMES,
+    MAX_NUM_LATENTS,
+    MAX_TIMELINE_CHARS,
+    check_text_length,
+)
 
 __all__ = [
     "Scene",
     "Timeline",
     "TimelineError",
     "check_num_frames",
+    "check_seconds",
     "frames_for_seconds",
     "num_latents",
     "parse_timeline",
 ]
 
 DEFAULT_FPS = 16
+# The text encoder reads at most 512 tokens of a caption; a caption thousands of words long is a pasted file.
+_CAPTION_HINT = "the text encoder reads only about the first 3000 characters (512 tokens); shorten it"
+_TOO_DEEP = (
+    "The timeline JSON is nested too deeply to be a timeline; a timeline is an object with a list of scenes, or a "
+    "list of [caption, seconds] pairs."
+)
+_TIMELINE_HINT = "a timeline holds at most one scene per latent frame; check that this is the timeline you meant"
 # An explicit end in seconds may miss the requested frame count by this much (rounding to 4k+1 moves it <= 2).
 _SNAP_FRAMES = 2
 
@@ -109,6 +126,11 @@ def check_num_frames(n: Any, what: str = "num_frames") -> int:
             raise TimelineError(f"{what} must be a whole number of frames (4k+1, e.g. 81), got {n!r}.")
     if n < 1:
         raise TimelineError(f"{what}={n} is too small: a video needs at least 1 frame; use 4k+1 frames, e.g. 81.")
+    if n > MAX_NUM_FRAMES:
+        raise TimelineError(
+            f"{what}={n} is more than the limit of {MAX_NUM_FRAMES} frames ({_limit_text()}); make the video shorter.",
+            field=what,
+        )
     if (n - 1) % 4:
         lower = n - (n - 1) % 4
         raise TimelineError(
@@ -123,22 +145,65 @@ def num_latents(num_frames: int) -> int:
     return (check_num_frames(num_frames) - 1) // 4 + 1
 
 
-def frames_for_seconds(seconds: float, fps: int = DEFAULT_FPS) -> int:
-    """Valid frame count (``4k + 1``, at least 1) nearest to ``seconds * fps``: 5 s -> 81, 30 s -> 481."""
+def _is_finite_number(value: Any) -> bool:
+    """An int (always finite, however large) or a finite float; not a bool."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def _short_number(value: Any) -> str:
+    """``1e+09``, ``12.5``; a huge int as its first digits and its length."""
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text)} digits)"
+
+
+def _limit_text() -> str:
+    return f"{(MAX_NUM_FRAMES - 1) / 16 / 60:g} minutes at 16 fps"
+
+
+def frames_for_seconds(seconds: float, fps: int = DEFAULT_FPS, what: str = "seconds") -> int:
+    """Valid frame count (``4k + 1``, at least 1) nearest to ``seconds * fps``: 5 s -> 81, 30 s -> 481.
+
+    Raises :class:`TimelineError` (naming ``what``) for a negative or non-finite length and for one longer than
+    :data:`~framecap_core.limits.MAX_NUM_FRAMES` frames, before anything is computed from it.
+    """
     _check_fps(fps)
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
-        raise TimelineError(f"seconds must be a finite number >= 0, got {seconds!r}.")
+    if not _is_finite_number(seconds) or seconds < 0:
+        raise TimelineError(f"{what} must be a finite number >= 0, got {seconds!r}.", field=what)
+    if seconds * fps > MAX_NUM_FRAMES:
+        raise TimelineError(
+            f"{what}={_short_number(seconds)} is more than the limit of {MAX_NUM_FRAMES} frames "
+            f"({(MAX_NUM_FRAMES - 1) / fps:g} s at {fps} fps); make the video shorter.",
+            field=what,
+        )
     return _nearest_valid(seconds * fps)
 
 
+def check_seconds(seconds: Any, fps: int = DEFAULT_FPS, what: str = "seconds") -> int:
+    """A video length a user asked for: at least one frame at ``fps`` and within the limit; returns its frame count.
+
+    Unlike :func:`frames_for_seconds` (a conversion, where 0 s is the 1-frame video), 0 s or less is refused here:
+    asking for a video of no length is a mistake, not a request for a still image.
+    """
+    frames = frames_for_seconds(seconds, fps, what)
+    if seconds * fps < 1:
+        raise TimelineError(
+            f"{what}={seconds!r} is too short for a video at {fps} fps (less than one frame); give at least "
+            f"{1 / fps:g} s, e.g. 5 s (81 frames).",
+            field=what,
+        )
+    return frames
+
+
 def _check_fps(fps: Any) -> int:
-    if isinstance(fps, bool) or not isinstance(fps, int) or fps < 1:
-        raise TimelineError(f"fps must be a whole number >= 1 (Wan uses 16), got {fps!r}.")
+    if isinstance(fps, bool) or not isinstance(fps, int) or not 1 <= fps <= MAX_FPS:
+        raise TimelineError(f"fps must be a whole number from 1 to {MAX_FPS} (Wan uses 16), got {fps!r}.", field="fps")
     return fps
 
 
 def _quote(text: str, limit: int = 60) -> str:
-    text = " ".join(str(text).split())
+    text = " ".join(str(text)[: 4 * limit].split())  # a long caption is cut anyway: never split all of it
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     mark = "'" if '"' in text else '"'  # keep a quoted snippet like "0": "a fox" readable
@@ -199,8 +264,10 @@ class Timeline:
         _check_fps(self.fps)
         if not isinstance(self.negative, str):
             raise TimelineError(f"negative must be a string (the negative prompt), got {type(self.negative).__name__}.")
+        check_text_length(self.negative, "The negative prompt", MAX_CAPTION_CHARS, _CAPTION_HINT, TimelineError)
         if not self.scenes:
             raise TimelineError("The timeline has no scenes; give at least one caption.")
+        _check_scene_count(len(self.scenes))
         n = self.num_frames
         prev: Scene | None = None
         for number, scene in enumerate(self.scenes, 1):
@@ -210,6 +277,7 @@ class Timeline:
                     f"Scene(start, end, caption) or use Timeline.from_dict / parse_timeline."
                 )
             where = scene.describe(number)
+            check_text_length(scene.caption, where.capitalize(), MAX_CAPTION_CHARS, _CAPTION_HINT, TimelineError)
             if not scene.caption.strip():
                 raise TimelineError(f"{where} has an empty caption; write what happens in it or remove the scene.")
             if scene.end <= scene.start:
@@ -333,6 +401,7 @@ class Timeline:
         raw_scenes = data.get("scenes")
         if not isinstance(raw_scenes, list) or not raw_scenes:
             raise TimelineError('The timeline needs a non-empty "scenes" list of {"start", "end", "caption"} objects.')
+        _check_scene_count(len(raw_scenes))
         scenes = []
         for number, raw in enumerate(raw_scenes, 1):
             if not isinstance(raw, dict):
@@ -377,8 +446,11 @@ class Timeline:
     @classmethod
     def from_json(cls, text: str) -> Timeline:
         """Inverse of :meth:`to_json` (canonical JSON only; :func:`parse_timeline` reads every syntax)."""
+        check_text_length(text, "The timeline JSON", MAX_TIMELINE_CHARS, _TIMELINE_HINT, TimelineError)
         try:
             data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        except RecursionError:
+            raise TimelineError(_TOO_DEEP) from None
         except json.JSONDecodeError as exc:
             raise TimelineError(
                 f"The timeline JSON is invalid at line {exc.lineno} column {exc.colno}: {exc.msg}. Fix the JSON "
@@ -437,12 +509,24 @@ def _parse_time(token: str, where: str) -> float:
     )
 
 
+@functools.lru_cache(maxsize=2)
+def _line_starts(text: str) -> list[int]:
+    """Offset of the first character of every line (cached: error messages name lines of the same text often)."""
+    return [0] + [m.end() for m in re.finditer("\n", text)]
+
+
 def _line_of(text: str, pos: int) -> int:
-    return text.count("\n", 0, pos) + 1
+    """1-based line of character ``pos``, in O(log lines)."""
+    return bisect_right(_line_starts(text), pos)
 
 
 def _resolve_length(end_frame: int, num_frames: int | None, fps: int, where: str, end_s: float) -> int:
     """Frame count of a timeline whose spans end at ``end_frame``; with ``num_frames`` the two must agree."""
+    if end_frame > MAX_NUM_FRAMES:
+        raise TimelineError(
+            f"{where} ends the timeline at {_short_number(end_s)} s, more than the limit of {MAX_NUM_FRAMES} frames "
+            f"({(MAX_NUM_FRAMES - 1) / fps:g} s at {fps} fps); make the video shorter."
+        )
     if num_frames is None:
         return _nearest_valid(end_frame)
     if abs(end_frame - num_frames) > _SNAP_FRAMES:
@@ -568,9 +652,11 @@ def _scan_keyframes(text: str) -> list[tuple[str, str, str]]:
         if pos >= len(body):
             break
         number = len(entries) + 1
+        _check_scene_count(number)
         line = _line_of(text, offset + pos)
         m = key_re.match(body, pos)
-        snippet = body[pos:].split("\n", 1)[0]
+        line_end = body.find("\n", pos)
+        snippet = body[pos : len(body) if line_end < 0 else line_end]
         if not m or not m.group(2).strip():
             raise TimelineError(
                 f"keyframe {number} (line {line}: {_quote(snippet)}) is not a keyframe; write each one as "
@@ -613,6 +699,7 @@ def _scan_spans(text: str) -> list[tuple[str, str]]:
                     f"Unexpected text {_quote(stray)} at line {_line_of(text, last)} between spans; put every caption "
                     f"inside a span like [5s-8s: caption]."
                 )
+            _check_scene_count(len(spans) + 1)
             spans.append(
                 (m.group(1), f"span {len(spans) + 1} (line {_line_of(text, m.start())}: {_quote(m.group(0))})")
             )
@@ -626,6 +713,7 @@ def _scan_spans(text: str) -> list[tuple[str, str]]:
     else:
         for number, line in enumerate(text.splitlines(), 1):
             if line.strip():
+                _check_scene_count(len(spans) + 1)
                 spans.append((line, f"span {len(spans) + 1} (line {number}: {_quote(line)})"))
     return spans
 
@@ -753,6 +841,7 @@ def _from_durations(items: list[Any], num_frames: int | None, fps: int) -> Timel
 
 
 def _from_list(items: list[Any], num_frames: int | None, fps: int) -> Timeline:
+    _check_scene_count(len(items))
     if items and all(isinstance(x, str) for x in items):
         return _from_equal_split(items, [f"part {i} ({_quote(c)})" for i, c in enumerate(items, 1)], num_frames, fps)
     return _from_durations(items, num_frames, fps)
@@ -782,6 +871,7 @@ def _from_mapping(data: dict[Any, Any], num_frames: int | None, fps: int) -> Tim
                 f"change one of them, or leave num_frames unset to use the timeline's."
             )
         return timeline
+    _check_scene_count(len(data))
     if not any(re.fullmatch(r"\s*-?\d+(?:\.\d+)?\s*", str(k)) for k in data):
         raise TimelineError(
             f"Unknown timeline object with keys {sorted(map(str, data))[:6]}; give a canonical timeline with "
@@ -802,18 +892,36 @@ def _read_file(path: Path) -> str:
     if not path.is_file():
         raise TimelineError(f"Timeline file {str(path)!r} does not exist; check the path.")
     try:
-        return path.read_text(encoding="utf-8")
+        size = path.stat().st_size
+        if size > 4 * MAX_TIMELINE_CHARS:  # UTF-8 takes at most 4 bytes a character
+            raise TimelineError(
+                f"The timeline file {str(path)!r} is {size:,} bytes, far more than a timeline of at most "
+                f"{MAX_TIMELINE_CHARS:,} characters; check that this is the timeline you meant."
+            )
+        text = path.read_bytes().decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise TimelineError(f"Cannot read timeline file {str(path)!r} ({exc}); save it as UTF-8 text.") from None
+    return check_text_length(text, f"The timeline file {str(path)!r}", MAX_TIMELINE_CHARS, _TIMELINE_HINT, TimelineError)
+
+
+def _check_scene_count(count: int) -> None:
+    if count > MAX_NUM_LATENTS:
+        raise TimelineError(
+            f"The timeline has more than {MAX_NUM_LATENTS} scenes, more than the longest video has latent frames "
+            f"({MAX_NUM_FRAMES} frames), so most would never be shown; merge scenes."
+        )
 
 
 def _from_text(text: str, num_frames: int | None, fps: int) -> Timeline:
+    check_text_length(text, "The timeline text", MAX_TIMELINE_CHARS, _TIMELINE_HINT, TimelineError)
     stripped = text.strip()
     if not stripped:
         raise TimelineError("The timeline is empty; write a caption, keyframes or spans (see framecap_core.timeline).")
     if stripped[0] in "{[":
         try:
             data = json.loads(stripped, object_pairs_hook=_no_duplicate_keys)
+        except RecursionError:
+            raise TimelineError(_TOO_DEEP) from None
         except json.JSONDecodeError as exc:
             # Broken JSON that is clearly JSON (canonical, or a list of lists / objects / strings): report it as such.
             if '"scenes"' in stripped or re.match(r'^\[\s*[\[{"]', stripped):
@@ -837,6 +945,7 @@ def _from_text(text: str, num_frames: int | None, fps: int) -> Timeline:
         )
     if "|" in stripped:
         parts = stripped.split("|")
+        _check_scene_count(len(parts))
         return _from_equal_split(parts, [f"part {i} ({_quote(p)})" for i, p in enumerate(parts, 1)], num_frames, fps)
     n = _need_length("single-caption", num_frames)
     return Timeline([Scene(0, n, stripped)], num_frames=n, fps=fps)

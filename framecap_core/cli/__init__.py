@@ -36,7 +36,30 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(subparsers)
+    for subparser in subparsers.choices.values():
+        subparser.set_defaults(_flags=_flags_of(subparser))
     return parser
+
+
+def _flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Option dest -> the flag a user types (``"max_caption_tokens"`` -> ``"--max-caption-tokens"``)."""
+    return {
+        action.dest: max(action.option_strings, key=len)
+        for action in parser._actions
+        if action.option_strings and action.dest != "help"
+    }
+
+
+def user_message(exc: FrameCapError, flags: dict[str, str]) -> str:
+    """The error's message with the library's name of the setting at fault replaced by the command line's flag:
+    ``shift must be a finite number`` -> ``--shift must be a finite number``."""
+    message = " ".join(str(exc).split())  # one line, whatever the message holds
+    flag = flags.get(exc.field or "")
+    if not flag:
+        return message
+    if message.startswith(exc.field) and not message[len(exc.field) : len(exc.field) + 1].isalnum():
+        return flag + message[len(exc.field) :]
+    return f"{flag}: {message}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FrameCapError as exc:
-        print(f"framecap: error: {exc}", file=sys.stderr)
+        print(f"framecap: error: {user_message(exc, getattr(args, '_flags', {}))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("framecap: interrupted", file=sys.stderr)

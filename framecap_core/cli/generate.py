@@ -197,7 +197,7 @@ def resolve_options(args) -> dict[str, Any]:
 
 def build_timeline(args, opts: dict[str, Any]):
     from framecap_core.errors import TimelineError
-    from framecap_core.timeline import frames_for_seconds, parse_timeline
+    from framecap_core.timeline import check_seconds, frames_for_seconds, parse_timeline
 
     fps = int(opts["fps"])
     if args.prompt is not None:
@@ -206,7 +206,7 @@ def build_timeline(args, opts: dict[str, Any]):
         seconds = float(args.seconds if args.seconds is not None else opts["seconds"])
         return story_to_timeline(args.prompt, seconds=seconds, fps=fps, backend=args.prompt_backend,
                                  negative=opts["negative"] or "")
-    num_frames = frames_for_seconds(args.seconds, fps) if args.seconds is not None else None
+    num_frames = check_seconds(args.seconds, fps) if args.seconds is not None else None
     try:
         return parse_timeline(args.timeline, num_frames=num_frames, fps=fps)
     except TimelineError as exc:
@@ -300,6 +300,13 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".mp4":
         raise ConfigError(f"--out must end in .mp4, got {str(out)!r}; e.g. --out {out.with_suffix('.mp4')}.")
+    # Before the model is loaded: a path that cannot be written must not cost a generation.
+    from framecap_core.fileio import check_output_path
+    from framecap_core.video import storyboard_path
+
+    check_output_path(out, "--out")
+    for beside in (out.with_name(out.stem + ".timeline.json"), storyboard_path(out)):
+        check_output_path(beside, f"--out (the file beside it, {beside.name})")
 
     from framecap_core.fileio import atomic_write_text
     from framecap_core.models import load_wan, resolve_model_source

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import textwrap
 from pathlib import Path
 
 from framecap_core.errors import PromptBuildError
+from framecap_core.limits import MAX_STORY_CHARS
+from framecap_core.prompting.offline import check_story
 
 DESCRIPTION = """\
 Turn a short or detailed story into frame-level captions: a timeline of scenes, each a span of frames with one
@@ -78,27 +81,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+# "stroy.txt", "notes/story", "C:\\story.md": one word that names a file rather than tells a story.
+_FILE_NAME_RE = re.compile(r"^\S*(?:[/\\]\S*|\.[A-Za-z][A-Za-z0-9]{0,4})$")
+
+
+def _decode_story(data: bytes, source: str) -> str:
+    """UTF-8 text of at most MAX_STORY_CHARS characters (a byte-order mark is dropped), else a one-line error."""
+    if len(data) > 4 * MAX_STORY_CHARS:  # UTF-8 takes at most 4 bytes a character
+        raise PromptBuildError(
+            f"{source} is more than {4 * MAX_STORY_CHARS:,} bytes, far more than a story of at most "
+            f"{MAX_STORY_CHARS:,} characters; shorten it."
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PromptBuildError(
+            f"{source} is not UTF-8 text (byte 0x{data[exc.start]:02x} at position {exc.start}); save or convert it as "
+            f"UTF-8, e.g. iconv -t UTF-8."
+        ) from None
+
+
 def _read_story(value: str) -> str:
     if value == "-":
-        text = sys.stdin.read()
+        stream = getattr(sys.stdin, "buffer", None)
+        if stream is None:  # a text stream without bytes underneath (tests, embedding)
+            text = sys.stdin.read(MAX_STORY_CHARS + 1)
+        else:
+            text = _decode_story(stream.read(4 * MAX_STORY_CHARS + 1), "Standard input")
     else:
-        path = Path(value).expanduser()
         text = value
         if "\n" not in value and len(value) < 4096:
+            path = Path(value.strip()).expanduser()
             try:
-                is_file = path.is_file()
+                is_file, exists = path.is_file(), path.exists()
             except OSError:
-                is_file = False
+                is_file = exists = False
             if is_file:
                 try:
-                    text = path.read_text(encoding="utf-8")
-                except (OSError, UnicodeDecodeError) as exc:
-                    raise PromptBuildError(
-                        f"Cannot read the story file {value!r} ({exc}); save it as UTF-8 text."
-                    ) from None
+                    with path.open("rb") as handle:
+                        data = handle.read(4 * MAX_STORY_CHARS + 1)
+                except OSError as exc:
+                    raise PromptBuildError(f"Cannot read the story file {value!r} ({exc.strerror or exc}).") from None
+                text = _decode_story(data, f"The story file {value!r}")
+            elif exists:
+                raise PromptBuildError(f"The story file {value!r} is a folder, not a text file; give the file inside it.")
+            elif _FILE_NAME_RE.match(value.strip()):
+                raise PromptBuildError(
+                    f"The story file {value!r} does not exist (a single word that looks like a file name was taken "
+                    f"as one); check the name, or write the story as a sentence."
+                )
     if not text.strip():
         raise PromptBuildError("The story is empty; pass the text, a file, or - with the story on standard input.")
-    return text
+    return check_story(text)
 
 
 def _resolve_backend(backend: str) -> str:
@@ -138,9 +172,11 @@ def format_table(timeline, width: int | None = None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from framecap_core.fileio import atomic_write_text
+    from framecap_core.fileio import atomic_write_text, check_output_path
     from framecap_core.prompting import build_timeline
 
+    if args.output:
+        check_output_path(args.output, "-o")  # before asking Gemini: a bad path should not cost a request
     story = _read_story(args.story)
     backend = _resolve_backend(args.backend)
     timeline = build_timeline(

@@ -14,7 +14,8 @@ Importing this package does not import ``google.genai``; the Gemini path loads i
 from __future__ import annotations
 
 from ..errors import PromptBuildError
-from ..timeline import Timeline, frames_for_seconds
+from ..limits import check_int
+from ..timeline import Timeline, check_seconds
 from .gemini import (
     API_KEY_ENV_VARS,
     DEFAULT_MODEL,
@@ -28,6 +29,8 @@ from .gemini import (
 from .offline import (
     DEFAULT_MAX_CAPTION_TOKENS,
     DEFAULT_MIN_SCENE_SECONDS,
+    MAX_CAPTION_TOKENS,
+    check_story,
     offline_timeline,
     plan_scenes,
     split_story,
@@ -59,6 +62,7 @@ __all__ = [
     "DEFAULT_MAX_CAPTION_TOKENS",
     "DEFAULT_MIN_SCENE_SECONDS",
     "DEFAULT_MODEL",
+    "MAX_CAPTION_TOKENS",
     "SHOT_SIZES",
     "STORY_SYSTEM_INSTRUCTION",
     "AnnotationError",
@@ -70,6 +74,7 @@ __all__ = [
     "annotation_schema",
     "annotation_system_instruction",
     "build_timeline",
+    "check_story",
     "gemini_timeline",
     "offline_timeline",
     "parse_annotation",
@@ -119,15 +124,12 @@ def build_timeline(
         PromptBuildError: no key, no network, refusal, exhausted retries, an answer invalid twice, bad settings.
         TimelineError: an invalid length / fps.
     """
-    if not isinstance(story, str) or not story.strip():
-        raise PromptBuildError("The story is empty; write what should happen in the video.")
+    check_story(story)
     if backend not in BACKENDS:
         raise PromptBuildError(f"Unknown prompt backend {backend!r}; use one of {', '.join(BACKENDS)}.")
-    frames_for_seconds(seconds, fps)  # validates seconds / fps with a TimelineError
-    if seconds * fps < 1:
-        raise PromptBuildError(f"seconds={seconds!r} is too short for a video at {fps} fps; give at least 1 frame.")
-    if isinstance(max_caption_tokens, bool) or not isinstance(max_caption_tokens, int) or max_caption_tokens < 8:
-        raise PromptBuildError(f"max_caption_tokens must be an integer >= 8 (words), got {max_caption_tokens!r}.")
+    check_seconds(seconds, fps)  # a TimelineError for no length, one past the limit, or a bad fps
+    check_int(max_caption_tokens, "max_caption_tokens", 8, MAX_CAPTION_TOKENS, "use e.g. 120 (words)",
+              PromptBuildError)
     if (
         isinstance(min_scene_seconds, bool)
         or not isinstance(min_scene_seconds, (int, float))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import FrameCapError, PromptBuildError
+from ..limits import check_int, check_number
 from ..timeline import Timeline, frames_for_seconds, num_latents, parse_timeline
 from .offline import DEFAULT_MAX_CAPTION_TOKENS, DEFAULT_MIN_SCENE_SECONDS, truncate_words
 from .templates import (
@@ -54,6 +55,9 @@ logger = logging.getLogger("framecap_core.prompting")
 
 API_KEY_ENV_VARS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 DEFAULT_MODEL = "gemini-2.5-pro"
+# A request may wait up to an hour, and be retried up to 10 times (each wait at most max_backoff).
+MAX_TIMEOUT_SECONDS = 3600.0
+MAX_RETRIES = 10
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # Finish reasons that mean "will not answer this", not "answered badly".
 _REFUSALS = frozenset(
@@ -82,10 +86,9 @@ class GeminiOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
             raise PromptBuildError(f"model must be a Gemini model name like {DEFAULT_MODEL!r}, got {self.model!r}.")
-        if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or not self.timeout > 0:
-            raise PromptBuildError(f"timeout must be a number of seconds > 0, got {self.timeout!r}.")
-        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
-            raise PromptBuildError(f"retries must be an integer >= 0, got {self.retries!r}.")
+        check_number(self.timeout, "timeout", 0, MAX_TIMEOUT_SECONDS, "use e.g. 120 (seconds per request)",
+                     low_inclusive=False, error=PromptBuildError)
+        check_int(self.retries, "retries", 0, MAX_RETRIES, "use e.g. 3", PromptBuildError)
         if not isinstance(self.backoff, (int, float)) or self.backoff < 0:
             raise PromptBuildError(f"backoff must be a number of seconds >= 0, got {self.backoff!r}.")
 

@@ -25,19 +25,27 @@ Steps, each a small function:
 
 from __future__ import annotations
 
+import collections
+import functools
+import heapq
 import re
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import PromptBuildError
+from ..limits import MAX_CAPTION_CHARS, MAX_STORY_CHARS, check_int, check_text_length
 from ..timeline import Timeline, frames_for_seconds, num_latents, parse_timeline
 
 __all__ = [
     "DEFAULT_MAX_CAPTION_TOKENS",
     "DEFAULT_MIN_SCENE_SECONDS",
+    "MAX_CAPTION_TOKENS",
     "StoryEvent",
     "StoryParts",
     "allocate_latents",
+    "check_story",
     "offline_timeline",
     "event_opening",
     "is_camera_only",
@@ -50,6 +58,8 @@ __all__ = [
 
 # Wan's text encoder reads 512 tokens; ~120 words (~160 T5 tokens) keeps captions dense without padding noise.
 DEFAULT_MAX_CAPTION_TOKENS = 120
+# The caption budget in words can be raised up to this (the text encoder reads at most 512 tokens anyway).
+MAX_CAPTION_TOKENS = 1000
 DEFAULT_MIN_SCENE_SECONDS = 1.0
 # Sentences shorter than this that do not open with a sequence word or camera move join a neighbour.
 DEFAULT_MIN_EVENT_WORDS = 10
@@ -130,8 +140,20 @@ _ABBREVIATIONS = ("mr", "mrs", "ms", "dr", "st", "prof", "sr", "jr", "vs", "etc"
 _WORD_RE = re.compile(r"\S+")
 
 
+_LOWER_WORD_RE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
 def _lower_words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower())
+    return _LOWER_WORD_RE.findall(text.lower())
+
+
+def _length_preserving_lower(text: str) -> str:
+    """``text.lower()``, except that the few characters whose lower case is longer (``İ``) keep their first
+    character, so that positions in the result are positions in ``text``."""
+    lowered = text.lower()
+    if len(lowered) == len(text):
+        return lowered
+    return "".join(c.lower()[0] for c in text)
 
 
 # -- splitting -------------------------------------------------------------------------------------------------------
@@ -165,7 +187,9 @@ def _sentence_spans(story: str) -> list[tuple[int, int]]:
     start = 0
     boundary = re.compile(r"(?:[.!?]+[\"'\u201d\u2019)\]]*\s+(?=[\"'\u201c\u2018(\[]?[A-Z0-9])|\s*\n\s*\n?\s*)")
     for m in boundary.finditer(story):
-        piece = story[start : m.start() + 1]
+        # Only the end of the piece can hold an abbreviation: look at its last characters, not all of it (a run of
+        # "Dr." would otherwise rescan a growing piece).
+        piece = story[max(start, m.start() - 40) : m.start() + 1]
         tail = re.search(r"(\w+(?:\.\w+)?)\.$", piece.rstrip())
         if tail and tail.group(1).lower() in _ABBREVIATIONS and "\n" not in m.group(0):
             continue  # "Dr. Chen", "St. Mark's": not a sentence end
@@ -189,11 +213,21 @@ _CLAUSE_RE = re.compile(
 def _clause_spans(story: str, start: int, end: int) -> list[tuple[int, int]]:
     spans = []
     cursor = start
-    for m in _CLAUSE_RE.finditer(story, start, end):
-        before = story[cursor : m.start()]
-        after = story[m.end() : end]
+    matches = list(_CLAUSE_RE.finditer(story, start, end))
+    if not matches:
+        return [(start, end)]
+    # Word positions of the sentence, so that the word count of any part of it is two bisections (counting the
+    # text after every "then" again would be quadratic in a long sentence). Parts start and end at a separator
+    # (";", ",", spaces) or a sequence word, so no word is cut by them.
+    lowered = _length_preserving_lower(story[start:end])
+    word_starts = [start + w.start() for w in _LOWER_WORD_RE.finditer(lowered)]
+
+    def words_in(a: int, b: int) -> int:
+        return bisect_left(word_starts, b) - bisect_left(word_starts, a)
+
+    for m in matches:
         # Both halves must be real clauses, not "slowly, then faster".
-        if len(_lower_words(before)) >= 4 and len(_lower_words(after)) >= 4:
+        if words_in(cursor, m.start()) >= 4 and words_in(m.end(), end) >= 4:
             spans.append((cursor, m.start()))
             cursor = m.end()
     spans.append((cursor, end))
@@ -201,11 +235,18 @@ def _clause_spans(story: str, start: int, end: int) -> list[tuple[int, int]]:
 
 
 def _starts_with_phrase(words: list[str], phrases: Sequence[str]) -> bool:
-    for phrase in phrases:
-        parts = phrase.split()
-        if words[: len(parts)] == parts:
-            return True
-    return False
+    head = words[:_longest_phrase(tuple(phrases))]
+    return any(head[: len(parts)] == parts for parts in _phrase_words(tuple(phrases)))
+
+
+@functools.lru_cache(maxsize=8)
+def _phrase_words(phrases: tuple[str, ...]) -> list[list[str]]:
+    return [phrase.split() for phrase in phrases]
+
+
+@functools.lru_cache(maxsize=8)
+def _longest_phrase(phrases: tuple[str, ...]) -> int:
+    return max((len(parts) for parts in _phrase_words(phrases)), default=0)
 
 
 def _is_camera_move(words: list[str]) -> bool:
@@ -361,10 +402,23 @@ def _head_noun(subject: str) -> str:
     return words[-1] if words else ""
 
 
-def split_story(story: str, *, min_event_words: int = DEFAULT_MIN_EVENT_WORDS) -> StoryParts:
-    """Cut ``story`` into events at sentence and event boundaries; find its style and main subject."""
+def check_story(story: Any) -> str:
+    """``story`` if it is non-empty text within :data:`~framecap_core.limits.MAX_STORY_CHARS`, else a
+    :class:`PromptBuildError` (checked before any work: the splitter and Gemini both read it whole)."""
     if not isinstance(story, str) or not story.strip():
         raise PromptBuildError("The story is empty; write what should happen in the video (one or more sentences).")
+    return check_text_length(
+        story, "The story", MAX_STORY_CHARS, "a story of a few pages is plenty for a video; shorten it",
+        PromptBuildError,
+    )
+
+
+def split_story(story: str, *, min_event_words: int = DEFAULT_MIN_EVENT_WORDS) -> StoryParts:
+    """Cut ``story`` into events at sentence and event boundaries; find its style and main subject.
+
+    Near-linear in the story's length (100,000 characters, the limit, take well under a second).
+    """
+    check_story(story)
     pieces: list[tuple[int, int]] = []
     style_sentences: list[str] = []
     for start, end in _sentence_spans(story):
@@ -392,24 +446,29 @@ def split_story(story: str, *, min_event_words: int = DEFAULT_MIN_EVENT_WORDS) -
     # sentences ("She stops. She turns.") keeps them.
     lengths = sorted(len(_lower_words(story[a:b])) for a, b, _ in events)
     threshold = min(min_event_words, 0.5 * lengths[len(lengths) // 2])
-    index = 0
-    while len(events) > 1 and index < len(events):
-        start, end, opening = events[index]
+    # One pass: `kept` holds the events already decided, `current` is examined, `pending` waits. A short event
+    # joins the next one (which is then examined in turn) or else the kept one before it. A merged event stops
+    # being short after a few merges (every event but the first has a word), so no text is counted often.
+    pending = collections.deque(events)
+    kept: list[list] = []
+    while pending:
+        current = pending.popleft()
+        if not kept and not pending:
+            kept.append(current)  # the only event left is kept whatever its length
+            break
+        start, end, opening = current
         words = _lower_words(story[start:end])
         # "She opens the fridge." is a character's next action, however short: keep it.
-        short = len(words) < threshold and words[0] not in ("he", "she", "they")
+        short = len(words) < threshold and (not words or words[0] not in ("he", "she", "they"))
         if short and opening != "strong":
-            if index + 1 < len(events) and events[index + 1][2] != "strong":
-                events[index + 1][0] = start
-                events[index + 1][2] = opening
-                del events[index]
+            if pending and pending[0][2] != "strong":
+                pending[0] = [start, pending[0][1], opening]  # examined next, merged
                 continue
-            if index > 0:
-                events[index - 1][1] = end
-                del events[index]
+            if kept:
+                kept[-1][1] = end
                 continue
-        index += 1
-    out = [StoryEvent(story[a:b].strip(), a, b) for a, b, _ in events]
+        kept.append(current)
+    out = [StoryEvent(story[a:b].strip(), a, b) for a, b, _ in kept]
     style = _find_style(story, style_sentences)
     subject = _main_subject(out[0].text)
     return StoryParts(events=out, style=style, subject=subject)
@@ -418,12 +477,51 @@ def split_story(story: str, *, min_event_words: int = DEFAULT_MIN_EVENT_WORDS) -
 # -- durations ---------------------------------------------------------------------------------------------------------
 
 
-def _merge_shortest(events: list[StoryEvent], story: str) -> list[StoryEvent]:
-    """Merge the adjacent pair with the fewest words together (the smallest loss of detail)."""
-    best = min(range(len(events) - 1), key=lambda i: events[i].num_words + events[i + 1].num_words)
-    a, b = events[best], events[best + 1]
-    merged = StoryEvent(story[a.start : b.end].strip(), a.start, b.end)
-    return events[:best] + [merged] + events[best + 2 :]
+def _merge_shortest(events: list[StoryEvent], story: str, count: int) -> list[StoryEvent]:
+    """Merge adjacent events until ``count`` are left, each time the pair with the fewest words together (the
+    smallest loss of detail; the first such pair on a tie).
+
+    O(n log n) in the number of events: a heap of adjacent pairs keyed by (words, position), stale pairs skipped,
+    and word counts of merged spans read off the story's token starts instead of recounting their text.
+    """
+    if len(events) <= max(count, 1):
+        return events
+    token_starts = [m.start() for m in _WORD_RE.finditer(story)]
+
+    def words_in(start: int, end: int) -> int:
+        """``len(_WORD_RE.findall(story[start:end]))``: token starts inside, plus a token cut at ``start``."""
+        cut = 0 < start < end and not story[start].isspace() and not story[start - 1].isspace()
+        return bisect_left(token_starts, end) - bisect_left(token_starts, start) + int(cut)
+
+    starts = [e.start for e in events]
+    ends = [e.end for e in events]
+    words = [e.num_words for e in events]
+    following = list(range(1, len(events) + 1))  # index of the next live event (len(events) = none)
+    before = list(range(-1, len(events) - 1))
+    alive = [True] * len(events)
+    heap = [(words[i] + words[i + 1], starts[i], i, i + 1) for i in range(len(events) - 1)]
+    heapq.heapify(heap)
+    left = len(events)
+    while left > count and heap:
+        total, _, i, j = heapq.heappop(heap)
+        if not (alive[i] and alive[j] and following[i] == j and words[i] + words[j] == total):
+            continue  # a pair that a merge has changed since it was pushed
+        ends[i] = ends[j]
+        words[i] = words_in(starts[i], ends[i])
+        alive[j] = False
+        following[i] = following[j]
+        if following[i] < len(events):
+            before[following[i]] = i
+            heapq.heappush(heap, (words[i] + words[following[i]], starts[i], i, following[i]))
+        if before[i] >= 0:
+            heapq.heappush(heap, (words[before[i]] + words[i], starts[before[i]], before[i], i))
+        left -= 1
+    out = []
+    for i, event in enumerate(events):
+        if alive[i]:
+            merged = ends[i] != event.end
+            out.append(StoryEvent(story[starts[i] : ends[i]].strip(), starts[i], ends[i]) if merged else event)
+    return out
 
 
 def allocate_latents(weights: Sequence[float], total: int, minimum: int) -> list[int]:
@@ -737,7 +835,10 @@ def standalone_caption(
     budget = max(1, max_words - len(suffix.split()))
     if not caption.endswith((".", "!", "?")):
         caption += "."
-    return truncate_words(caption, budget) + suffix
+    caption = truncate_words(caption, budget) + suffix
+    if len(caption) > MAX_CAPTION_CHARS:  # a few enormous "words" (text without spaces) or a very long style
+        caption = caption[: MAX_CAPTION_CHARS - 1].rstrip() + "."
+    return caption
 
 
 # -- timeline ----------------------------------------------------------------------------------------------------------
@@ -753,8 +854,7 @@ def plan_scenes(
     minimum = min(max(1, round(min_scene_seconds * fps / 4)), total)
     parts = split_story(story)
     events = parts.events
-    while len(events) > 1 and len(events) * minimum > total:
-        events = _merge_shortest(events, story)
+    events = _merge_shortest(events, story, total // minimum)
     return parts, events, allocate_latents([e.num_words for e in events], total, minimum)
 
 
@@ -773,8 +873,7 @@ def offline_timeline(
         raise PromptBuildError("Give the video length as either num_frames or seconds (exactly one of them).")
     if num_frames is None:
         num_frames = frames_for_seconds(seconds, fps)
-    if isinstance(max_caption_tokens, bool) or not isinstance(max_caption_tokens, int) or max_caption_tokens < 8:
-        raise PromptBuildError(f"max_caption_tokens must be an integer >= 8, got {max_caption_tokens!r}.")
+    check_int(max_caption_tokens, "max_caption_tokens", 8, MAX_CAPTION_TOKENS, "use e.g. 120 (words)", PromptBuildError)
     parts, events, counts = plan_scenes(story, num_frames=num_frames, fps=fps, min_scene_seconds=min_scene_seconds)
     scenes = []
     latent = 0
