@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .attention import frame_level_text_len, stack_frame_captions
-from .errors import ConfigError
+from .errors import ConfigError, NumericalError
 
 __all__ = ["WanDenoiser", "decode_latents", "denormalize_latents", "normalize_latents"]
 
@@ -203,6 +203,18 @@ def _can_stream(vae) -> bool:
     )
 
 
+def _ranges(indices: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"`` (at most a few ranges)."""
+    spans: list[list[int]] = []
+    for i in indices:
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    text = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans[:6])
+    return text + (", ..." if len(spans) > 6 else "")
+
+
 def decode_latents(
     vae,
     latents: torch.Tensor,
@@ -220,6 +232,14 @@ def decode_latents(
     """
     if latents.ndim != 4:
         raise ConfigError(f"latents must be one video [C, L, h, w], got {tuple(latents.shape)}.")
+    bad = ~torch.isfinite(latents)
+    if bool(bad.any()):  # would decode into black or garbage frames without a word
+        frames_hit = bad.flatten(2).any(dim=2).any(dim=0).nonzero().flatten().tolist()  # [C, L, hw] -> [L]
+        raise NumericalError(
+            f"The latents to decode hold NaN or inf ({int(bad.sum())} values, latent frames "
+            f"{_ranges(frames_hit)}); they come from a run that went non-finite: sample again in float32 or bfloat16 "
+            f"instead of float16, with a lower guidance scale, or check the model weights."
+        )
     param = _param(vae)
     z = denormalize_latents(latents, latents_mean, latents_std).to(param.device, param.dtype)[None]  # [1, C, L, h, w]
     num = z.shape[2]

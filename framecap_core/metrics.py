@@ -197,10 +197,16 @@ class ClipEmbedder:
                 f"{path} is not a CLIP folder (no config.json); pass a local transformers CLIP folder such as "
                 f"openai/clip-vit-base-patch32 saved with save_pretrained."
             )
-        try:
-            self.model = CLIPModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
-        except Exception as exc:  # transformers raises several types for a broken folder
-            raise ModelLoadError(f"Could not load CLIP from {path} ({exc}).") from None
+        from .models.files import load_pretrained_folder
+
+        # Safetensors only: a pytorch_model.bin would reach torch.load (pickle, which can run code).
+        if not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
+            raise ModelLoadError(
+                f"{path} holds only pickle weights (*.bin); FrameCap loads safetensors only. Save the CLIP model "
+                f"with save_pretrained(..., safe_serialization=True)."
+            )
+        self.model = load_pretrained_folder(CLIPModel.from_pretrained, path, "CLIP model", local_files_only=True,
+                                            use_safetensors=True).to(device).eval()
         self.tokenizer, self.image_processor = self._processors(path)
         self.device = torch.device(device)
         self.batch_size = int(batch_size)

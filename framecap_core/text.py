@@ -98,10 +98,31 @@ def encode_captions(
     )
     ids, mask = tokens.input_ids, tokens.attention_mask
     lengths = mask.gt(0).sum(dim=1)
+    _check_captions_have_words(captions, ids, lengths, tokenizer)
     hidden = encoder(ids.to(enc_device), mask.to(enc_device)).last_hidden_state
     hidden = hidden.to(device=device, dtype=dtype)
     keep = torch.arange(text_len, device=device)[None, :] < lengths.to(device)[:, None]  # [U, text_len]
     return hidden * keep[..., None].to(dtype)
+
+
+def _check_captions_have_words(captions: Sequence[str], ids: torch.Tensor, lengths: torch.Tensor, tokenizer) -> None:
+    """A caption with text but no token the tokenizer knows (only emoji, or, for the toy model's word-level
+    tokenizer, no toy word) would silently encode as the empty caption: refuse it, naming it."""
+    special = set(getattr(tokenizer, "all_special_ids", None) or ())
+    if not special:
+        return
+    for caption, row, length in zip(captions, ids.tolist(), lengths.tolist()):
+        if caption and all(token in special for token in row[:length]):
+            known = ""
+            vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+            words = sorted(w for w in vocab if w.isalpha() and vocab[w] not in special)
+            if 0 < len(words) <= 64:  # a small word-level vocabulary (the toy model): say which words it knows
+                known = f" (this model knows only: {', '.join(words)})"
+            shown = caption if len(caption) <= 60 else caption[:57] + "..."
+            raise ConfigError(
+                f"The caption {shown!r} has no word the text encoder's tokenizer knows, so it would encode as an "
+                f"empty caption; describe the scene in words{known}."
+            )
 
 
 # Process-wide cache: a re-run of the same timeline (same encoder, same text_len) encodes nothing.

@@ -157,8 +157,29 @@ def _text_width(draw, text: str, font) -> float:
     return draw.textlength(text, font=font)
 
 
-def _wrap(draw, text: str, font, width: float) -> list[str]:
-    """Greedy word wrap to ``width`` pixels (long words are hard-split)."""
+# The storyboard shows at most this much of a long timeline; the timeline JSON beside it has everything.
+_MAX_CAPTION_LINES = 4
+_MAX_SCENE_ROWS = 48
+_MAX_THUMBNAILS = 24
+_MAX_WINDOW_ROWS = 64
+_MAX_LEGEND_LINES = 6
+_MAX_CHARS_PER_LINE = 400  # more than the widest line holds at the smallest font
+
+
+def _wrap(draw, text: str, font, width: float, max_lines: int | None = None) -> list[str]:
+    """Greedy word wrap to ``width`` pixels (long words are hard-split); with ``max_lines``, at most that many
+    lines, the last ending in an ellipsis when text was left out (only the text that can show is measured)."""
+    if max_lines is not None:
+        clipped = text[: max_lines * _MAX_CHARS_PER_LINE]
+        lines = _wrap(draw, clipped, font, width)
+        if len(lines) <= max_lines and len(clipped) == len(text):
+            return lines
+        lines = lines[:max_lines]
+        last = lines[-1]
+        while last and _text_width(draw, last + " …", font) > width:
+            last = last[:-1]
+        lines[-1] = last.rstrip() + " …"
+        return lines
     lines: list[str] = []
     for paragraph in text.splitlines() or [""]:
         line = ""
@@ -237,7 +258,8 @@ def render_storyboard(
 
     # ---- layout pass: measure everything, then draw on a canvas of the right height
     caption_col = inner - 210  # caption text right of a "12  0.0s-3.2s" column
-    caption_lines = [_wrap(scratch, scene.caption, f_text, caption_col) for scene in scenes]
+    listed = scenes[:_MAX_SCENE_ROWS]
+    caption_lines = [_wrap(scratch, scene.caption, f_text, caption_col, _MAX_CAPTION_LINES) for scene in listed]
     thumbs: list[Any] = []
     thumb_w = thumb_h = 0
     per_row = 1
@@ -248,7 +270,7 @@ def render_storyboard(
         first = frames_to_uint8(scene_frames[0])[0]
         thumb_h = max(16, int(round(thumb_w * first.shape[0] / first.shape[1])))
         thumb_h = min(thumb_h, 2 * thumb_w)
-        for frame in scene_frames:
+        for frame in scene_frames[:_MAX_THUMBNAILS]:
             img = Image.fromarray(frames_to_uint8(frame)[0])
             # nearest for tiny frames (keeps pixels crisp), bicubic for real ones
             resample = Image.NEAREST if img.width * 4 <= thumb_w else Image.BICUBIC
@@ -256,15 +278,19 @@ def render_storyboard(
     thumb_rows = -(-len(thumbs) // per_row) if thumbs else 0
 
     n_windows = len(window_spans)
-    row_h = 14 if n_windows <= 24 else max(4, 336 // n_windows)
+    drawn_windows = list(window_spans[:_MAX_WINDOW_ROWS])
+    row_h = 14 if n_windows <= 24 else max(4, 336 // min(n_windows, _MAX_WINDOW_ROWS))
     legend_items = [f"{k}: {v}" for k, v in (settings or {}).items()]
-    legend_lines = _wrap(scratch, "  |  ".join(legend_items), f_small, inner) if legend_items else []
+    legend_lines = (_wrap(scratch, "  |  ".join(legend_items), f_small, inner, _MAX_LEGEND_LINES)
+                    if legend_items else [])
 
     bar_h = 34
     height = margin + 40  # title
     height += 22 + bar_h + 26  # axis labels + bar + ticks
-    height += (26 + n_windows * (row_h + 3) + 10) if n_windows else 0
+    height += (26 + len(drawn_windows) * (row_h + 3) + 10 + (20 if n_windows > len(drawn_windows) else 0)
+               if n_windows else 0)
     height += 30 + sum(max(2, len(lines)) * line_h + 6 for lines in caption_lines)
+    height += 24 if len(scenes) > len(listed) else 0
     height += (30 + thumb_rows * (thumb_h + 30)) if thumbs else 0
     height += (26 + len(legend_lines) * 18) if legend_lines else 0
     height += margin
@@ -288,7 +314,8 @@ def render_storyboard(
     y += 22
     for i, (first, last) in enumerate(spans):
         x0, x1 = x_of(first), x_of(last + 1)
-        draw.rectangle([x0, y, x1 - 1, y + bar_h], fill=colour[i], outline=_BG)
+        # at least 1 px per scene; no separating outline when scenes are too narrow for one to leave any colour
+        draw.rectangle([x0, y, max(x0, x1 - 1), y + bar_h], fill=colour[i], outline=_BG if x1 - x0 >= 3 else None)
         label = str(i + 1)
         if _text_width(draw, label, f_text) + 4 <= x1 - x0:
             tw = _text_width(draw, label, f_text)
@@ -308,23 +335,26 @@ def render_storyboard(
     if n_windows:
         draw.text((margin, y), f"Windows ({n_windows}, latent spans; overlaps are averaged)", font=f_head, fill=_INK)
         y += 26
-        for start, end in window_spans:
+        for start, end in drawn_windows:
             x0, x1 = x_of(start), x_of(end)
             # light guide across the full axis, then the window itself
             draw.line([margin, y + row_h / 2, width - margin, y + row_h / 2], fill=(225, 225, 222))
-            draw.rectangle([x0, y, x1 - 1, y + row_h], fill=(90, 110, 160), outline=(50, 60, 100))
+            draw.rectangle([x0, y, max(x0, x1 - 1), y + row_h], fill=(90, 110, 160), outline=(50, 60, 100))
             if row_h >= 12:
                 label = f"{start}-{end - 1}"
                 tw = _text_width(draw, label, f_small)
                 if tw + 6 <= x1 - x0:
                     draw.text((x0 + 4, y - 1), label, font=f_small, fill=(255, 255, 255))
             y += row_h + 3
+        if n_windows > len(drawn_windows):
+            draw.text((margin, y), f"... {n_windows - len(drawn_windows)} more windows", font=f_small, fill=_MUTED)
+            y += 20
         y += 10
 
     # ---- captions
     draw.text((margin, y), "Scenes", font=f_head, fill=_INK)
     y += 30
-    for i, (scene, lines) in enumerate(zip(scenes, caption_lines)):
+    for i, (scene, lines) in enumerate(zip(listed, caption_lines)):
         draw.rectangle([margin, y + 2, margin + 16, y + 18], fill=colour[i])
         draw.text((margin + 24, y), f"{i + 1}", font=f_head, fill=_INK)
         first, last = spans[i]
@@ -334,6 +364,10 @@ def render_storyboard(
         for j, line in enumerate(lines):
             draw.text((margin + 210, y + j * line_h), line, font=f_text, fill=_INK)
         y += max(2, len(lines)) * line_h + 6
+    if len(scenes) > len(listed):
+        draw.text((margin, y), f"... {len(scenes) - len(listed)} more scenes (all are in the timeline JSON)",
+                  font=f_small, fill=_MUTED)
+        y += 24
 
     # ---- thumbnails: one decoded frame per scene (its middle frame)
     if thumbs:
@@ -345,7 +379,7 @@ def render_storyboard(
             ty = y + row * (thumb_h + 30)
             image.paste(thumb, (int(x), int(ty)))
             draw.rectangle([x, ty + thumb_h + 2, x + thumb_w - 1, ty + thumb_h + 6], fill=colour[i])
-            label = _wrap(draw, f"{i + 1}. {scenes[i].caption}", f_small, thumb_w)[0]
+            label = _wrap(draw, f"{i + 1}. {scenes[i].caption}"[:_MAX_CHARS_PER_LINE], f_small, thumb_w)[0]
             draw.text((x, ty + thumb_h + 8), label, font=f_small, fill=_INK)
         y += thumb_rows * (thumb_h + 30)
 

@@ -409,3 +409,118 @@ def test_generate_checks_its_output_before_loading_the_model(capsys, tmp_path, m
         return
     line = cli_error(capsys, *argv)
     assert "--out" in line and words in line, line
+
+
+def test_storyboard_of_the_longest_timeline_with_the_longest_captions_is_bounded():
+    import numpy as np
+
+    from framecap_core.limits import MAX_NUM_LATENTS
+    from framecap_core.timeline import Scene, Timeline
+    from framecap_core.video import render_storyboard
+
+    n = MAX_NUM_FRAMES
+    captions = ["word " * (MAX_CAPTION_CHARS // 5 - 1), "x" * MAX_CAPTION_CHARS]
+    scenes = [Scene(0 if i == 0 else 4 * i - 3, n if i == MAX_NUM_LATENTS - 1 else 4 * i + 1, captions[i % 2])
+              for i in range(MAX_NUM_LATENTS)]
+    timeline = Timeline(scenes, num_frames=n)
+    start = time.monotonic()
+    image = render_storyboard(timeline, window_spans=[(i, i + 1) for i in range(MAX_NUM_LATENTS)],
+                              scene_frames=[np.zeros((16, 16, 3), np.uint8)] * MAX_NUM_LATENTS,
+                              settings={"model": "m" * MAX_CAPTION_CHARS})
+    assert image.size[0] == 1600 and image.size[1] < 8000
+    assert time.monotonic() - start < 60
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 2. A damaged model folder, an unsafe CLIP folder: one message, not a library's chained tracebacks
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    from framecap_core.tiny import save_tiny_wan
+
+    return save_tiny_wan(tmp_path_factory.mktemp("tiny"), text_len=8)["diffusers"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "empty", "bad config"])
+@pytest.mark.parametrize("component, stem", [("transformer", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"),
+                                             ("text_encoder", "model")])
+def test_a_damaged_file_in_a_model_folder_is_one_message(tmp_path, tiny_folder, capsys, damage, component, stem):
+    import shutil
+
+    from framecap_core.errors import ModelLoadError
+    from framecap_core.models import load_wan
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_folder, folder)
+    weights = folder / component / f"{stem}.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "random":
+        weights.write_bytes(random.Random(0).randbytes(4096))
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    else:
+        (folder / component / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError) as info:
+        load_wan(folder, device="cpu")
+    message = str(info.value)
+    assert "\n" not in message and component in message.replace("text encoder", "text_encoder").replace("VAE", "vae")
+    line = cli_error(capsys, "generate", "--model", str(folder), "--timeline", "a fox", "--seconds", "1",
+                     "--out", str(tmp_path / "out" / "v.mp4"), "--quiet")
+    assert str(folder) in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_clip_folder_with_pickle_weights_is_refused_without_loading_them(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from framecap_core.errors import ModelLoadError
+    from framecap_core.metrics import ClipEmbedder
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not even a pickle")
+
+    def no_torch_load(*args, **kwargs):
+        raise AssertionError("torch.load reached")
+
+    monkeypatch.setattr(torch, "load", no_torch_load)
+    with pytest.raises(ModelLoadError, match="safetensors only"):
+        ClipEmbedder(tmp_path)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    line = cli_error(capsys, "eval", str(videos), "--embedder", f"clip:{tmp_path}")
+    assert "safetensors only" in line
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 4. Captions that encode as nothing; non-finite latents
+
+
+def test_an_emoji_only_caption_is_refused_on_the_toy_model():
+    from framecap_core.errors import ConfigError
+    from framecap_core.models import load_text_encoder
+    from framecap_core.text import encode_captions
+
+    encoder, tokenizer = load_text_encoder("toy")
+    for caption in ["🦊🌲❄️", "un renard roux"]:
+        with pytest.raises(ConfigError, match="no word the text encoder's tokenizer knows.*circle"):
+            encode_captions(encoder, tokenizer, ["a red circle", caption], text_len=16)
+    assert encode_captions(encoder, tokenizer, ["a red circle 🦊", ""], text_len=16).shape[0] == 2
+
+
+def test_non_finite_latents_are_not_decoded_silently():
+    import torch
+
+    from framecap_core.backend import decode_latents
+    from framecap_core.errors import NumericalError
+    from framecap_core.tiny import make_tiny_vae
+
+    vae = make_tiny_vae()
+    channels = vae.config.z_dim
+    latents = torch.zeros(channels, 5, 4, 4)
+    latents[0, 1:3, 0, 0] = float("nan")
+    latents[1, 4, 1, 1] = float("inf")
+    mean, std = torch.zeros(channels), torch.ones(channels)
+    with pytest.raises(NumericalError, match=r"latent frames 1-2, 4"):
+        decode_latents(vae, latents, mean, std)

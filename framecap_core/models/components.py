@@ -12,7 +12,14 @@ import torch
 from ..convert import shared_prefix, transformer_to_diffusers_keys, vae_to_diffusers_keys
 from ..errors import ModelLoadError
 from .devices import resolve_device, resolve_dtype
-from .files import _TEXT_PREFIXES, SHIPPED_CONFIG_DIR, TOY_MODEL_DIR, read_safetensors, safetensors_keys
+from .files import (
+    _TEXT_PREFIXES,
+    SHIPPED_CONFIG_DIR,
+    TOY_MODEL_DIR,
+    load_pretrained_folder,
+    read_safetensors,
+    safetensors_keys,
+)
 from .sources import _check_diffusers_folder, _component_folder, _config_subdir, _weights_present
 from .state_dicts import _has_fp8, _load_into_meta_model, dequantize_scaled_fp8
 
@@ -44,7 +51,8 @@ def load_transformer(
             if sub != path:
                 _check_diffusers_folder(path, need_vae=False, need_text=False)
             raise ModelLoadError(f"diffusion_pytorch_model.safetensors not found in {sub}.")
-        model = WanTransformer3DModel.from_pretrained(str(sub), torch_dtype=dt, use_safetensors=True)
+        model = load_pretrained_folder(WanTransformer3DModel.from_pretrained, sub, "transformer", torch_dtype=dt,
+                                       use_safetensors=True)
         return model.to(dev).eval()
     state, _ = read_safetensors(path, "transformer")
     state = transformer_to_diffusers_keys(state)
@@ -74,7 +82,8 @@ def load_vae(
     path = Path(source) if str(source) != "toy" else TOY_MODEL_DIR
     if path.is_dir():
         sub = _component_folder(path, "vae", "diffusion_pytorch_model", "a VAE .safetensors file such as wan_2.1_vae.safetensors")
-        return AutoencoderKLWan.from_pretrained(str(sub), torch_dtype=dt, use_safetensors=True).to(dev).eval()
+        vae = load_pretrained_folder(AutoencoderKLWan.from_pretrained, sub, "VAE", torch_dtype=dt, use_safetensors=True)
+        return vae.to(dev).eval()
     state, _ = read_safetensors(path, "VAE")
     state = vae_to_diffusers_keys(state)
     cfg_dir = _config_subdir(Path(config) if config else SHIPPED_CONFIG_DIR, "vae")
@@ -154,7 +163,8 @@ def load_text_encoder(
     path = Path(source) if str(source) != "toy" else TOY_MODEL_DIR
     if path.is_dir():
         sub = _component_folder(path, "text_encoder", "model", "a UMT5 .safetensors file such as umt5_xxl_fp16.safetensors")
-        model = UMT5EncoderModel.from_pretrained(str(sub), dtype=dt, use_safetensors=True).to(dev).eval()
+        model = load_pretrained_folder(UMT5EncoderModel.from_pretrained, sub, "text encoder", dtype=dt,
+                                       use_safetensors=True).to(dev).eval()
         tokenizer = load_tokenizer(tokenizer_path or (path / "tokenizer" if (path / "tokenizer").is_dir() else path))
         return model, tokenizer
     raw, _ = read_safetensors(path, "text encoder")

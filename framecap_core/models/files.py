@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,28 @@ def read_safetensors(path: str | os.PathLike, what: str) -> tuple[dict[str, torc
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except Exception as exc:
         raise ModelLoadError(f"{what} file {path} is not a readable safetensors file ({exc}).") from None
+
+
+def load_pretrained_folder(load: Callable[..., Any], folder: Path, what: str, **kwargs: Any) -> Any:
+    """``load(folder, **kwargs)`` (a diffusers / transformers ``from_pretrained``) with every failure as one
+    :class:`ModelLoadError` naming the folder.
+
+    Each ``.safetensors`` file in ``folder`` is checked first from its header (a truncated, empty or random file
+    gets the message a single file passed with ``--checkpoint`` gets), so a damaged download never reaches the
+    library's own chained errors.
+    """
+    for weights in sorted(folder.glob("*.safetensors")):
+        safetensors_keys(weights)
+    try:
+        return load(str(folder), **kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # diffusers / transformers / safetensors / json raise many types for a damaged folder
+        detail = " ".join(str(exc).split())[:300]
+        raise ModelLoadError(
+            f"Cannot load the {what} from {folder} ({type(exc).__name__}: {detail}); the folder is incomplete or "
+            f"damaged: download or save it again."
+        ) from None
 
 
 def detect_file_kind(path: str | os.PathLike) -> str:
