@@ -6,6 +6,7 @@ line and a non-zero exit, never a traceback) raised before any heavy work, or th
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import random
@@ -524,3 +525,143 @@ def test_non_finite_latents_are_not_decoded_silently():
     mean, std = torch.zeros(channels), torch.ones(channels)
     with pytest.raises(NumericalError, match=r"latent frames 1-2, 4"):
         decode_latents(vae, latents, mean, std)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training: --set by field type, a cache of another size, damaged checkpoints, interrupted saves
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("learning_rate=abc", ["--set learning_rate=abc", "a number", "2e-5"]),
+        ("learning_rate=nan", ["a finite number"]),
+        ("max_steps=ten", ["a whole number"]),
+        ("max_steps=2.5", ["a whole number"]),
+        ("gradient_checkpointing=maybe", ["true or false"]),
+        ("df_step_size_range=[0,abc]", ["list of numbers"]),
+        ("height=100000", ["height=100000", "2048"]),
+        ("window_latents=1000000", ["window_latents"]),
+    ],
+)
+def test_training_overrides_are_read_by_type(override, words):
+    from framecap_core.errors import ConfigError
+    from framecap_core.training import TrainConfig
+    from framecap_core.training.config import apply_overrides
+
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict(apply_overrides({}, [override]))
+    for word in words:
+        assert word in str(info.value), str(info.value)
+
+
+def test_training_overrides_keep_their_meaning():
+    from framecap_core.training import TrainConfig
+    from framecap_core.training.config import apply_overrides
+
+    config = TrainConfig.from_dict(apply_overrides({}, [
+        "learning_rate=2e-5", "lora_rank=32", "max_steps=1e3", "resume=latest", "gradient_checkpointing=true",
+        "df_step_size_range=[0,0.2]", "lora_targets=to_q,to_k", "lora_alpha=null", "output_dir=123",
+    ]))
+    assert (config.learning_rate, config.lora_rank, config.max_steps, config.resume) == (2e-5, 32, 1000, "latest")
+    assert config.gradient_checkpointing is True and config.df_step_size_range == [0.0, 0.2]
+    assert config.lora_targets == ["to_q", "to_k"] and config.lora_alpha is None and config.output_dir == "123"
+    with pytest.raises(FrameCapError, match="learning_rate must be a finite number"):
+        TrainConfig.from_dict({"learning_rate": "abc"})  # a config file with a string where a number belongs
+
+
+def test_finetune_script_reports_a_bad_override_in_one_line(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text('{"cache_dir": "x", "output_dir": "y"}')
+    proc = subprocess.run([sys.executable, str(ROOT / "training" / "finetune.py"), "--config", str(config), "--set",
+                           "learning_rate=abc"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "learning_rate=abc" in lines[0], proc.stderr
+
+
+def _two_checkpoints(root: Path):
+    import torch
+
+    from framecap_core.tiny import make_tiny_transformer
+    from framecap_core.training import TrainConfig, save_checkpoint
+
+    config = TrainConfig(cache_dir="c", output_dir=str(root), report_to="none", export_format="none",
+                         keep_checkpoints=0)
+    model = make_tiny_transformer(0)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    paths = []
+    for step in (3, 6):
+        loss = sum((p.float() ** 2).sum() for p in model.parameters())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        paths.append(save_checkpoint(root, step, model, optimizer, config))
+    return config, model, optimizer, paths
+
+
+@pytest.mark.parametrize("damage", ["truncated model", "broken state.json", "missing optimizer", "random optimizer"])
+def test_resume_latest_falls_back_to_the_newest_intact_checkpoint(tmp_path, damage):
+    import torch
+
+    from framecap_core.errors import ConfigError
+    from framecap_core.tiny import make_tiny_transformer
+    from framecap_core.training import load_checkpoint
+    from framecap_core.training.loop import _resume
+
+    config, _, _, (older, newest) = _two_checkpoints(tmp_path)
+    if damage == "truncated model":
+        weights = newest / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif damage == "broken state.json":
+        (newest / "state.json").write_text('{"step": 6, ')
+    elif damage == "missing optimizer":
+        (newest / "optimizer.safetensors").unlink()
+    else:
+        (newest / "optimizer.safetensors").write_bytes(random.Random(1).randbytes(1000))
+
+    fresh = make_tiny_transformer(1)
+    before = {n: p.detach().clone() for n, p in fresh.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in fresh.parameters() if p.requires_grad], lr=1e-3)
+    with pytest.raises(ConfigError, match="is damaged") as info:
+        load_checkpoint(newest, fresh, optimizer)
+    assert "\n" not in str(info.value)
+    assert all(torch.equal(before[n], p) for n, p in fresh.named_parameters())  # nothing half-loaded
+
+    lines: list[str] = []
+    step, state = _resume(dataclasses.replace(config, resume="latest"), tmp_path, fresh, optimizer, lines.append)
+    assert step == 3 and state["step"] == 3
+    assert any("step-00000006 is damaged" in line and "falling back" in line for line in lines), lines
+    assert any(str(older) in line for line in lines), lines
+
+
+def test_killed_checkpoint_saves_are_removed_at_the_next_save(tmp_path):
+    from framecap_core.training import save_checkpoint
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    leftovers = [root / f".step-00000003.{dead}-abcd1234.tmp", root / ".step-00000003.k2j4h5g6"]  # this and older
+    for folder in leftovers:
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+    config, model, optimizer, paths = _two_checkpoints(tmp_path)
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000003", "step-00000006"]
+    save_checkpoint(tmp_path, 9, model, optimizer, config)
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000003", "step-00000006", "step-00000009"]
+
+
+def test_training_refuses_a_latent_cache_of_another_size(tmp_path):
+    import torch
+
+    from framecap_core.data import CacheWriter
+    from framecap_core.errors import ConfigError
+    from framecap_core.training import TrainConfig, train
+
+    with CacheWriter(tmp_path / "cache", settings={"height": 64, "width": 64}) as writer:
+        writer.add("clip0", torch.zeros(16, 6, 8, 8), torch.zeros(1, 8, 32), [0] * 6, ["a red circle"])
+    config = TrainConfig(cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "run"), height=128, width=128,
+                         window_latents=4, report_to="none", export_format="none")
+    with pytest.raises(ConfigError, match=r"built at 64x64.*trains at 128x128"):
+        train(config, transformer=object(), progress=False, log=lambda s: None)

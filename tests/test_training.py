@@ -56,6 +56,7 @@ def cache_dir(tmp_path_factory):
 def _config(tmp_path, cache_dir, **overrides):
     settings = dict(
         cache_dir=str(cache_dir), output_dir=str(tmp_path / "run"), text_len=TEXT_LEN, window_latents=4,
+        height=32, width=32,  # the size the test cache was built at
         max_steps=6, learning_rate=2e-3, checkpoint_every=3, report_to="none", export_format="none", seed=3,
     )
     settings.update(overrides)

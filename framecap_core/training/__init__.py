@@ -20,7 +20,14 @@ The pieces, each a small function tested on its own, one module each:
 """
 
 from .batches import clip_for_sample, draw_batch
-from .checkpoint import CHECKPOINT_PREFIX, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_PREFIX,
+    checkpoint_problem,
+    latest_checkpoint,
+    latest_intact_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .config import LORA_TARGETS, TrainConfig, apply_overrides
 from .export import export_checkpoint, export_transformer
 from .loop import TrainResult, train
@@ -40,7 +47,9 @@ __all__ = [
     "export_checkpoint",
     "export_transformer",
     "frame_timesteps",
+    "checkpoint_problem",
     "latest_checkpoint",
+    "latest_intact_checkpoint",
     "load_base_transformer",
     "load_checkpoint",
     "lr_at_step",

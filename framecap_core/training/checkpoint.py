@@ -8,12 +8,14 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import ConfigError
+from ..fileio import remove_stale_temporaries, temporary_name_prefix
 from .config import TrainConfig
 from .model import trainable_parameters
 
@@ -79,8 +81,9 @@ def save_checkpoint(
 
     root = Path(output_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    _remove_interrupted_saves(root)
     final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_name_prefix(final), suffix=".tmp", dir=root))
     try:
         weights = {n: p.detach().cpu().contiguous() for n, p in trainable_parameters(transformer).items()}
         save_file(weights, str(tmp / "model.safetensors"), metadata={"step": str(step)})
@@ -107,6 +110,15 @@ def save_checkpoint(
     return final
 
 
+def _remove_interrupted_saves(root: Path) -> None:
+    """Remove the temporary folders of saves that were killed: ``.step-N.PID-XXXXXXXX.tmp`` of dead processes, and
+    the ``.step-N.XXXXXXXX`` folders earlier versions made (no process id; only a save makes them)."""
+    remove_stale_temporaries(root)
+    for path in root.glob(f".{CHECKPOINT_PREFIX}*"):
+        if re.fullmatch(rf"\.{CHECKPOINT_PREFIX}\d+\.[a-z0-9_]{{8}}", path.name) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _checkpoints(root: Path) -> list[Path]:
     found = []
     for path in root.glob(f"{CHECKPOINT_PREFIX}*"):
@@ -121,16 +133,65 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
+def latest_intact_checkpoint(output_dir: str | os.PathLike, log: Callable[[str], None] = print) -> Path | None:
+    """Newest checkpoint under ``output_dir/checkpoints`` whose files all read back (:func:`checkpoint_problem`);
+    each newer damaged one is skipped with a ``log`` line saying why, so ``resume: latest`` falls back to the last
+    good state instead of stopping (or loading half a checkpoint). ``None`` when there is none."""
+    root = Path(output_dir) / "checkpoints"
+    _remove_interrupted_saves(root)
+    for path in reversed(_checkpoints(root)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        log(f"warning: checkpoint {path} is damaged ({problem}); falling back to an earlier one.")
+    return None
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why the checkpoint folder ``path`` cannot be resumed from (a missing, truncated or unreadable file, a broken
+    ``state.json``), or ``None`` when every file reads back. Reads the safetensors headers only."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no state.json"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"state.json unreadable: {exc}"
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "optimizer" not in state:
+        return "state.json lacks the step or the optimizer state"
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        if not (path / name).is_file():
+            return f"no {name}"
+        try:
+            with safe_open(str(path / name), framework="pt", device="cpu") as f:
+                keys = set(f.keys())
+        except Exception as exc:  # safetensors raises its own error types
+            return f"{name} unreadable: {' '.join(str(exc).split())}"
+        if name == "model.safetensors" and set(state.get("parameter_names", keys)) != keys:
+            return "model.safetensors does not hold the parameters state.json lists"
+    return None
+
+
 def load_checkpoint(path: str | os.PathLike, transformer, optimizer=None) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` into ``transformer`` (and ``optimizer``).
 
-    Returns the ``state.json`` dict (``step``, ``config``, ...). Restores the torch RNG states too.
+    Returns the ``state.json`` dict (``step``, ``config``, ...). Restores the torch RNG states too. Every file is
+    checked before anything is loaded, so a damaged checkpoint is one :class:`ConfigError` and the model is left
+    as it was.
     """
     from safetensors.torch import load_file
 
     path = Path(path)
     if not (path / "state.json").is_file():
         raise ConfigError(f"{str(path)!r} is not a FrameCap training checkpoint (no state.json); pass a step-* folder.")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise ConfigError(
+            f"Checkpoint {str(path)!r} is damaged ({problem}); resume from an earlier step-* folder, or use "
+            f"resume=latest, which skips damaged checkpoints."
+        )
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     weights = load_file(str(path / "model.safetensors"))
     params = trainable_parameters(transformer)

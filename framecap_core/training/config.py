@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..limits import MAX_NUM_LATENTS, MAX_SIDE, check_int
 from ..schedule import DEFAULT_SHIFT, DFTrainingNoise
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+_KIND_WORDS = {"int": "a whole number", "float": "a finite number", "bool": "true or false", "str": "text"}
 
 
 @dataclass
@@ -78,6 +81,7 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
+        self._check_types()
         for name, choices in self._CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}.")
@@ -106,6 +110,31 @@ class TrainConfig:
         if len(self.df_step_size_range) != 2:
             raise ConfigError(f"df_step_size_range must be [low, high]; got {self.df_step_size_range!r}.")
         self.df_noise()  # validates the DF settings
+
+    def _check_types(self) -> None:
+        """Every setting of the type its field says, numbers finite, sizes within the limits (a config file or an
+        override of the wrong type is one message here, not a TypeError deep in training)."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            if value is None and "None" in kind:
+                continue
+            base = kind.replace("| None", "").strip()
+            ok = {
+                "int": isinstance(value, int) and not isinstance(value, bool),
+                "float": isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(float(value)),
+                "bool": isinstance(value, bool),
+                "str": isinstance(value, str),
+            }.get(base, isinstance(value, list) if base.startswith("list") else True)
+            if not ok:
+                raise ConfigError(
+                    f"{f.name} must be {_KIND_WORDS.get(base, base)}, got {value!r}; fix it in the config or with "
+                    f"--set {f.name}=VALUE.",
+                    field=f.name,
+                )
+        for name in ("height", "width"):
+            check_int(getattr(self, name), name, 16, MAX_SIDE, "use e.g. 832x480 (multiples of 16)")
+        check_int(self.window_latents, "window_latents", 1, MAX_NUM_LATENTS, "use 21 (81 frames)")
 
     def df_noise(self) -> DFTrainingNoise:
         low, high = (float(x) for x in self.df_step_size_range)
@@ -152,7 +181,8 @@ class TrainConfig:
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """``["lora_rank=32", "resume=latest"]`` applied to a config dict (values parsed as JSON when they parse)."""
+    """``["lora_rank=32", "resume=latest"]`` applied to a config dict, each value read as its setting's type
+    (:func:`parse_setting`); a value that is not of that type is refused naming the override."""
     data = dict(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -161,16 +191,58 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             raise ConfigError(f"Override {item!r} is not key=value; write e.g. --set learning_rate=2e-5.")
         if key not in TrainConfig.field_names():
             raise ConfigError(f"Unknown setting {key!r} in override {item!r}; valid: {', '.join(TrainConfig.field_names())}.")
+        data[key] = parse_setting(key, raw.strip(), f"--set {item}")
+    return data
+
+
+_NONE_WORDS = ("null", "none", "None", "")
+_BOOL_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False, "on": True, "off": False}
+
+
+def parse_setting(key: str, raw: str, where: str) -> Any:
+    """The text ``raw`` read as the type of setting ``key``: ``int`` (``32``, ``1e3``), ``float`` (``2e-5``),
+    ``bool`` (``true``/``false``/``1``/``0``), ``str`` (as written), a list (JSON, or comma-separated), or ``None``
+    (``null`` / ``none``) where the setting allows it. Raises :class:`ConfigError` naming ``where``."""
+    field_type = str({f.name: f.type for f in dataclasses.fields(TrainConfig)}[key])
+    optional = "None" in field_type
+    if optional and raw in _NONE_WORDS:
+        return None
+    base = field_type.replace("| None", "").strip()
+
+    def refuse(kind: str, example: str) -> ConfigError:
+        return ConfigError(f"{where}: {key} takes {kind}, not {raw!r}; e.g. --set {key}={example}.", field=key)
+
+    if base == "bool":
+        if raw.lower() not in _BOOL_WORDS:
+            raise refuse("true or false", "true")
+        return _BOOL_WORDS[raw.lower()]
+    if base == "int":
+        try:
+            number = float(raw)
+        except ValueError:
+            raise refuse("a whole number", "32") from None
+        if not math.isfinite(number) or not number.is_integer():
+            raise refuse("a whole number", "32")
+        return int(number) if abs(number) < 2**53 else int(raw)
+    if base == "float":
+        try:
+            number = float(raw)
+        except ValueError:
+            raise refuse("a number", "2e-5") from None
+        if not math.isfinite(number):
+            raise refuse("a finite number", "2e-5")
+        return number
+    if base.startswith("list"):
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
-            value = raw
-        if raw in ("null", "none", "None"):
-            value = None
-        field_type = {f.name: f.type for f in dataclasses.fields(TrainConfig)}[key]
-        if isinstance(value, int) and not isinstance(value, bool) and "float" in str(field_type):
-            value = float(value)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and str(field_type).startswith("str"):
-            value = raw
-        data[key] = value
-    return data
+            value = [part.strip() for part in raw.split(",") if part.strip()]
+        if not isinstance(value, list):
+            value = [value]
+        if "float" in base:
+            try:
+                return [float(v) for v in value]
+            except (TypeError, ValueError):
+                raise refuse("a list of numbers", "[0,0.2]") from None
+        return [str(v) for v in value]
+    return raw

@@ -20,7 +20,7 @@ import torch
 from ..errors import ConfigError, NumericalError
 from ..fileio import atomic_write_text
 from .batches import draw_batch
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_intact_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .export import export_transformer
 from .loss import df_flow_matching_loss
@@ -139,7 +139,16 @@ def _open_cache(config: TrainConfig):
 
     if not config.cache_dir:
         raise ConfigError("cache_dir is not set; set it (training/finetune.py builds the cache there from the manifest).")
-    return LatentCache(config.cache_dir)
+    cache = LatentCache(config.cache_dir)
+    built = (cache.settings.get("height"), cache.settings.get("width"))
+    if None not in built and built != (config.height, config.width):
+        raise ConfigError(
+            f"The latent cache in {config.cache_dir!r} was built at {built[0]}x{built[1]} (height x width), but this "
+            f"run trains at {config.height}x{config.width}; set cache_dir to a new folder to build a cache at this "
+            f"size, or set height={built[0]} width={built[1]}.",
+            field="height",
+        )
+    return cache
 
 
 def _checked_text_len(cache, config: TrainConfig) -> int:
@@ -163,7 +172,7 @@ def _resume(config: TrainConfig, output_dir: Path, transformer, optimizer,
     """``(start step, checkpoint state or None)``: with ``config.resume`` ("latest" or a checkpoint folder) the
     trainable weights, optimizer state and RNG states are restored from it."""
     if config.resume == "latest":
-        resume_from = latest_checkpoint(output_dir)
+        resume_from = latest_intact_checkpoint(output_dir, log)
     elif config.resume:
         resume_from = Path(config.resume)
     else:
