@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
@@ -20,6 +21,7 @@ from framecap_core.data import (
     VideoInfo,
     build_dataset,
     build_latent_cache,
+    clip_id_for,
     clip_latent_captions,
     encode_video_latents,
     gemini_annotator,
@@ -121,7 +123,7 @@ def test_plan_clips_follows_the_paper_numbers():
         assert plan.sample_frames == list(range(plan.start_frame, plan.end_frame, 8))  # 24 frames
         assert len(plan.sample_frames) == 24
         assert len(plan.frame_indices) == 125
-        assert plan.frame_indices[:4] == [plan.start_frame + x for x in (0, 2, 3, 4)]  # 16 fps from 24 fps
+        assert plan.frame_indices[:4] == [plan.start_frame + x for x in (0, 2, 3, 5)]  # 16 fps from 24 fps
     # a 30 fps source is sampled at the same instants (every 1/3 s), 240-frame clips
     plans30 = plan_clips(VideoInfo("/v/x.mp4", 30.0, 20 * 60 * 30, 640, 360), config)
     assert all(p.end_frame - p.start_frame == 240 for p in plans30)
@@ -355,3 +357,89 @@ def test_cache_stores_caption_rows_up_to_the_longest_caption(tmp_path):
         assert item["text"].shape == (3, 16, 8) and item["text"].dtype == torch.float32
         assert torch.allclose(item["text"], text, atol=atol, rtol=atol) and torch.equal(item["latents"], latents)
         assert torch.count_nonzero(item["text"][:, 7:]) == 0
+
+
+def test_training_frames_alternate_two_and_one_source_frames_at_24_to_16_fps():
+    """24 -> 16 fps takes every 1.5th source frame: the gaps alternate 2, 1 (half-up), never 2,1,1,2 (half-even)."""
+    from framecap_core.data import nearest_frame
+
+    plan = plan_clips(VideoInfo("/v/long.mp4", 24.0, 20 * 60 * 24, 64, 64), DatasetConfig())[0]
+    gaps = np.diff(plan.frame_indices).tolist()
+    assert gaps == [2, 1] * (len(gaps) // 2)
+    assert [nearest_frame(x) for x in (0.5, 1.5, 2.5, 4.5, 2.49)] == [1, 2, 3, 5, 2]
+    # 30 -> 16 fps: gaps of 2 and 1 only, and the clip's span is the same length in seconds
+    plan30 = plan_clips(VideoInfo("/v/x.mp4", 30.0, 20 * 60 * 30, 64, 64), DatasetConfig())[0]
+    assert set(np.diff(plan30.frame_indices).tolist()) == {1, 2}
+
+
+def _annotations_for(records, path):
+    path.write_text("".join(json.dumps({"clip_id": r.clip_id, "captions": r.captions,
+                                        "global_caption": r.global_caption}) + "\n" for r in records))
+    return path
+
+
+def test_clip_ids_do_not_depend_on_where_the_videos_are(built, videos, tmp_path):
+    """The same videos under another folder keep their clip ids, so annotations made for them still match."""
+    out, _, _ = built
+    records = read_manifest(out / "manifest.jsonl")
+    annotations = _annotations_for(records, tmp_path / "ann.jsonl")
+    moved = tmp_path / "elsewhere" / "mounted" / "raw"
+    shutil.copytree(videos, moved)
+    summary = build_dataset([moved], tmp_path / "out", config=SMALL, annotations=annotations, progress=False,
+                            log=lambda s: None)
+    assert summary.clips_failed == [] and summary.clips_written == len(records) == 8
+    assert {r.clip_id for r in read_manifest(tmp_path / "out" / "manifest.jsonl")} == {r.clip_id for r in records}
+    # ids hash the name relative to the source folder: a sub-folder is part of the name
+    assert clip_id_for("sub/a.mp4", 0) == clip_id_for(Path("sub") / "a.mp4", 0) != clip_id_for("a.mp4", 0)
+
+
+def test_shards_built_under_two_paths_merge_to_one_build_byte_for_byte(built, videos, tmp_path):
+    out, _, _ = built
+    annotations = _annotations_for(read_manifest(out / "manifest.jsonl"), tmp_path / "ann.jsonl")
+    kwargs = dict(config=SMALL, annotations=annotations, progress=False, log=lambda s: None)
+    for i, machine in enumerate(("machine_a", "mnt/machine_b")):  # each machine mounts the videos elsewhere
+        shutil.copytree(videos, tmp_path / machine / "raw")
+        build_dataset([tmp_path / machine / "raw"], tmp_path / machine / "out", shard=(i, 2), **kwargs)
+    shutil.copytree(videos, tmp_path / "one" / "raw")
+    build_dataset([tmp_path / "one" / "raw"], tmp_path / "one" / "out", **kwargs)
+    shards = [tmp_path / "machine_a" / "out" / "manifest.0-of-2.jsonl",
+              tmp_path / "mnt/machine_b" / "out" / "manifest.1-of-2.jsonl"]
+    for order in (shards, shards[::-1]):  # whatever order the shards are given in
+        assert merge_manifests(order, tmp_path / "one" / "merged.jsonl") == 8
+        merged = (tmp_path / "one" / "merged.jsonl").read_bytes()
+        assert merged == (tmp_path / "one" / "out" / "manifest.jsonl").read_bytes()
+    # the manifest does not hold the mount point: sources are relative to the manifest's folder
+    assert all(not Path(r.source).is_absolute() for r in read_manifest(tmp_path / "one" / "merged.jsonl"))
+
+
+def test_a_retried_clip_goes_back_to_its_place_in_the_manifest(built, videos, tmp_path):
+    out, _, _ = built
+    records = read_manifest(out / "manifest.jsonl")
+    partial = _annotations_for(records[1:], tmp_path / "partial.jsonl")  # the first clip fails on the first run
+    kwargs = dict(config=SMALL, progress=False, log=lambda s: None)
+    first = build_dataset([videos], tmp_path / "out", annotations=partial, **kwargs)
+    assert len(first.clips_failed) == 1
+    build_dataset([videos], tmp_path / "out", annotations=_annotations_for(records, tmp_path / "all.jsonl"), **kwargs)
+    build_dataset([videos], tmp_path / "one", annotations=tmp_path / "all.jsonl", **kwargs)
+    assert (tmp_path / "out" / "manifest.jsonl").read_bytes() == (tmp_path / "one" / "manifest.jsonl").read_bytes()
+
+
+def test_build_summary_names_what_it_dropped_and_why_nothing_was_built(built, videos, tmp_path, capsys):
+    _, summary, _ = built
+    report = summary.report()
+    assert f"near-duplicate: {videos / 'b_stripes_copy.mp4'} (duplicate of {videos / 'a_stripes.mp4'})" in report
+    assert f"shorter than the minimum: {videos / 'd_short.mp4'}" in report
+    assert f"unreadable: {videos / 'e_corrupt.mp4'}" in report
+    # the paper's 600 s minimum on a folder of short videos: nothing kept, and the message names --min-duration
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "training" / "build_dataset.py"
+    spec = importlib.util.spec_from_file_location("framecap_build_dataset_min", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(videos), "--out", str(tmp_path), "--plan-only", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "--min-duration" in err and "600 s or shorter" in err
+    with pytest.raises(SystemExit):
+        script.main([str(videos), "--out", str(tmp_path), "--shard", "8/8"])
+    assert "numbered from 0" in capsys.readouterr().err

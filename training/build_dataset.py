@@ -8,7 +8,8 @@ Examples::
     # the paper's recipe, annotated by Gemini (key from GEMINI_API_KEY)
     python training/build_dataset.py /data/raw_videos --out data/framecap
 
-    # on 8 machines: machine i runs shard i/8, then merge the shard manifests
+    # on 8 machines: shards are numbered from 0, machine i (0..7) runs shard i/8, then merge the shard manifests
+    # (clip ids come from names relative to the source folder, so each machine may mount the videos anywhere)
     python training/build_dataset.py /data/raw_videos --out data/framecap --shard 3/8
     python training/build_dataset.py --merge data/framecap/manifest.*-of-8.jsonl --out data/framecap
 
@@ -37,7 +38,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"--shard must look like 3/8 (this machine's index / machine count), got {text!r}") from None
     if not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"--shard {text}: the index must be in 0..{n - 1}")
+        raise argparse.ArgumentTypeError(
+            f"--shard {text}: shards are numbered from 0, so the index must be in 0..{n - 1} "
+            f"(the machines of an {n}-way build run --shard 0/{n} .. {n - 1}/{n})")
     return i, n
 
 
@@ -106,6 +109,10 @@ def main(argv=None) -> int:
         return 2
 
     print(summary.report())
+    reason = summary.nothing_kept_reason()
+    if reason:
+        print(f"error: nothing to build: {reason}", file=sys.stderr)
+        return 1
     return 0 if not summary.clips_failed else 1
 
 

@@ -21,13 +21,21 @@ takes the caption of most of its pixel frames, through :meth:`framecap_core.time
 """
 
 from .annotations import Annotator, gemini_annotator, load_annotations
-from .build import BuildSummary, ClipPlan, DatasetConfig, build_dataset, clip_id_for, plan_clips
+from .build import BuildSummary, ClipPlan, DatasetConfig, build_dataset, clip_id_for, nearest_frame, plan_clips
 from .cache import CACHE_FORMAT, CACHE_INDEX, EMPTY_CAPTION_FILE, CacheWriter, LatentCache, cached_clip_ids
 from .captions import clip_latent_captions, frame_captions
 from .encode import CacheSummary, build_latent_cache, encode_video_latents
 from .hashing import hamming, phash, video_distance
 from .manifest import MANIFEST_FORMAT, ClipRecord, ManifestWriter, merge_manifests, read_manifest
-from .video_io import VIDEO_EXTENSIONS, VideoInfo, find_videos, probe_video, read_clip_frames, read_video_frames
+from .video_io import (
+    VIDEO_EXTENSIONS,
+    VideoInfo,
+    find_named_videos,
+    find_videos,
+    probe_video,
+    read_clip_frames,
+    read_video_frames,
+)
 
 __all__ = [
     "CACHE_FORMAT",
@@ -49,8 +57,10 @@ __all__ = [
     "build_latent_cache",
     "cached_clip_ids",
     "clip_id_for",
+    "nearest_frame",
     "clip_latent_captions",
     "encode_video_latents",
+    "find_named_videos",
     "find_videos",
     "frame_captions",
     "gemini_annotator",

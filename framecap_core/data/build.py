@@ -17,8 +17,8 @@ from ..errors import DatasetError, FrameCapError
 from ..fileio import atomic_write_text
 from .annotations import Annotator, gemini_annotator, load_annotations
 from .hashing import phash, video_distance
-from .manifest import ClipRecord, ManifestWriter
-from .video_io import VideoInfo, find_videos, probe_video, read_video_frames
+from .manifest import ClipRecord, ManifestWriter, sort_manifest
+from .video_io import VIDEO_EXTENSIONS, VideoInfo, find_named_videos, probe_video, read_video_frames
 
 
 @dataclass
@@ -87,6 +87,7 @@ class BuildSummary:
     clips_done_before: int = 0
     clips_failed: list[str] = field(default_factory=list)
     clips_planned: int = 0
+    min_duration_s: float = 0.0
 
     def report(self) -> str:
         lines = [
@@ -101,11 +102,19 @@ class BuildSummary:
         ]
         if self.clips_planned:
             lines.append(f"clips planned: {self.clips_planned}")
-        for item in self.corrupt:
-            lines.append(f"  unreadable: {item}")
-        for item in self.clips_failed:
-            lines.append(f"  failed: {item}")
+        for label, items in (("unreadable", self.corrupt), ("shorter than the minimum", self.too_short),
+                             ("near-duplicate", self.duplicates), ("failed", self.clips_failed)):
+            lines.extend(f"  {label}: {item}" for item in items)
         return "\n".join(lines)
+
+    def nothing_kept_reason(self) -> str | None:
+        """Why no video was kept (every one too short, unreadable or a duplicate), naming the knob; else None."""
+        if self.videos == 0:
+            return "no video files were found (extensions: " + ", ".join(VIDEO_EXTENSIONS) + ")."
+        if self.too_short and len(self.too_short) + len(self.corrupt) + len(self.duplicates) == self.videos:
+            return (f"every readable video is {self.min_duration_s:g} s or shorter (the paper keeps only videos over 10 "
+                    f"minutes); lower the minimum with --min-duration SECONDS (e.g. --min-duration 30).")
+        return None
 
 
 @dataclass
@@ -126,10 +135,28 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:40] or "video"
 
 
-def clip_id_for(path: str | os.PathLike, segment: int) -> str:
-    """Stable clip id: file stem, 8 hex digits of the absolute path's SHA-1, segment number."""
-    resolved = str(Path(path).resolve())
-    return f"{_slug(Path(path).stem)}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}-s{segment}"
+def clip_id_for(name: str | os.PathLike, segment: int) -> str:
+    """Stable clip id: file stem, 8 hex digits of the SHA-1 of the video's *name* (its path relative to the source
+    folder, see :func:`~framecap_core.data.video_io.find_named_videos`), segment number. It never depends on where
+    the folder is mounted, so a moved dataset and shards built on machines with other mount points keep their ids
+    (and their annotations)."""
+    name = Path(name).as_posix()
+    return f"{_slug(Path(name).stem)}-{hashlib.sha1(name.encode()).hexdigest()[:8]}-s{segment}"
+
+
+def nearest_frame(position: float) -> int:
+    """The nearest source frame to a fractional frame position, halves rounded up. Python's ``round`` rounds halves
+    to even, which resamples 24 -> 16 fps as 2,1,1,2,2,1,1,2 source frames apart instead of alternating 2,1."""
+    return int(math.floor(position + 0.5))
+
+
+def _source_for_manifest(path: str | os.PathLike, output_dir: Path) -> str:
+    """A record's ``source``: relative to the manifest's folder (which readers resolve it against), so a manifest
+    does not depend on the mount point when videos and output keep their layout; absolute across drives."""
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), output_dir.resolve())).as_posix()
+    except ValueError:  # another drive (Windows)
+        return str(Path(path).resolve())
 
 
 def plan_clips(info: VideoInfo, config: DatasetConfig) -> list[ClipPlan]:
@@ -138,13 +165,14 @@ def plan_clips(info: VideoInfo, config: DatasetConfig) -> list[ClipPlan]:
     Frames ``[trim * F, (1 - trim) * F)`` are split into ``num_segments`` equal segments; each gives one clip of
     ``round(clip_seconds * source_fps)`` frames centred in it (segments shorter than a clip give none). Sample
     frames are at ``k * sample_every / sample_fps`` seconds, training frames at ``i / fps`` seconds from the clip
-    start (rounded to the nearest source frame).
+    start (the nearest source frame, :func:`nearest_frame`). Clip ids come from ``info.name`` (the file name when
+    empty), never from the absolute path.
     """
     total = info.num_frames
     first = int(math.floor(total * config.trim_fraction))
     last = int(math.ceil(total * (1.0 - config.trim_fraction)))
     span = last - first
-    length = int(round(config.clip_seconds * info.fps))
+    length = nearest_frame(config.clip_seconds * info.fps)
     step = config.sample_every / config.sample_fps
     num_samples = int(math.floor(config.clip_seconds / step - 1e-9)) + 1
     plans = []
@@ -156,9 +184,9 @@ def plan_clips(info: VideoInfo, config: DatasetConfig) -> list[ClipPlan]:
         start = seg_start + (seg_end - seg_start - length) // 2
         end = start + length
         times = [j * step for j in range(num_samples)]
-        samples = [min(end - 1, start + int(round(t * info.fps))) for t in times]
-        frames = [min(end - 1, start + int(round(i * info.fps / config.fps))) for i in range(config.train_frames)]
-        plans.append(ClipPlan(clip_id_for(info.path, k), info.path, info.fps, k, start, end, samples, times, frames,
+        samples = [min(end - 1, start + nearest_frame(t * info.fps)) for t in times]
+        frames = [min(end - 1, start + nearest_frame(i * info.fps / config.fps)) for i in range(config.train_frames)]
+        plans.append(ClipPlan(clip_id_for(info.name or Path(info.path).name, k), info.path, info.fps, k, start, end, samples, times, frames,
                               config.fps))
     return plans
 
@@ -229,7 +257,8 @@ def build_dataset(
     config = config or DatasetConfig()
     index_no, count = shard
     if not (isinstance(index_no, int) and isinstance(count, int) and 0 <= index_no < count):
-        raise DatasetError(f"shard must be i/n with 0 <= i < n, got {index_no}/{count}.")
+        raise DatasetError(f"shard must be i/n with 0 <= i < n (shards are numbered from 0: 0/{count} .. "
+                           f"{max(count, 1) - 1}/{count}), got {index_no}/{count}.")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     suffix = "" if count == 1 else f".{index_no}-of-{count}"
@@ -237,19 +266,20 @@ def build_dataset(
     if annotator is None and not table and not plan_only:
         annotator = gemini_annotator(max_side=config.max_side)
     summary = BuildSummary()
-    videos = find_videos(inputs)
-    summary.videos = len(videos)
+    named = find_named_videos(inputs)
+    summary.videos = len(named)
 
     # 1. probe + perceptual hashes of every video (cached; the same in every shard)
     hash_path = out / f"phash{suffix}.jsonl"
-    cached = {(r["path"], r["size"], r["mtime"]): r for r in _read_jsonl(hash_path)}
+    # keyed by name, size and mtime (not the absolute path), so a moved folder keeps its cache
+    cached = {(r.get("name", r["path"]), r["size"], r["mtime"]): r for r in _read_jsonl(hash_path)}
     kept: list[tuple[VideoInfo, list[int]]] = []
-    for path in tqdm(videos, desc="probing videos", disable=not progress, unit="video"):
+    for path, name in tqdm(named.items(), desc="probing videos", disable=not progress, unit="video"):
         stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        key = (name, stat.st_size, stat.st_mtime_ns)
         entry = cached.get(key)
         if entry is None:
-            entry = {"path": key[0], "size": key[1], "mtime": key[2]}
+            entry = {"path": str(path.resolve()), "name": name, "size": key[1], "mtime": key[2]}
             try:
                 info = probe_video(path)
                 entry["info"] = asdict(info)
@@ -267,7 +297,7 @@ def build_dataset(
             summary.corrupt.append(f"{path}: {entry['error']}")
             log(f"skipping unreadable video {path}: {entry['error']}")
             continue
-        info = VideoInfo(**{**entry["info"], "path": str(path)})
+        info = VideoInfo(**{**entry["info"], "path": str(path), "name": name})
         if info.duration <= config.min_duration_s:
             summary.too_short.append(str(path))
             continue
@@ -281,11 +311,12 @@ def build_dataset(
     # 2. clips of this shard's videos: plan, annotate, append
     mine = [info for i, (info, _) in enumerate(kept) if i % count == index_no]
     summary.other_shards = len(kept) - len(mine)
+    summary.min_duration_s = config.min_duration_s
     if plan_only:
         lines = []
         for info in mine:
             for plan in plan_clips(info, config):
-                lines.append(json.dumps({**asdict(plan), "source": str(Path(plan.source).resolve())},
+                lines.append(json.dumps({**asdict(plan), "source": _source_for_manifest(plan.source, out)},
                                         ensure_ascii=False))
         atomic_write_text(out / f"plan{suffix}.jsonl", "".join(line + "\n" for line in lines))
         summary.clips_planned = len(lines)
@@ -312,7 +343,7 @@ def build_dataset(
                         found = annotator([frames[i] for i in plan.sample_frames], list(plan.timestamps))
                     captions, global_caption = found
                     record = ClipRecord(
-                        clip_id=plan.clip_id, source=str(Path(plan.source).resolve()), source_fps=plan.source_fps,
+                        clip_id=plan.clip_id, source=_source_for_manifest(plan.source, out), source_fps=plan.source_fps,
                         start_frame=plan.start_frame, end_frame=plan.end_frame, sample_frames=plan.sample_frames,
                         captions=list(captions), frame_indices=plan.frame_indices, fps=plan.fps,
                         global_caption=global_caption, segment=plan.segment,
@@ -323,4 +354,7 @@ def build_dataset(
                     continue
                 writer.append(record)
                 summary.clips_written += 1
+    # clips retried on a later run were appended at the end: restore the one canonical order (that of a single
+    # uninterrupted run, and of merged shards)
+    sort_manifest(out / f"manifest{suffix}.jsonl")
     return summary

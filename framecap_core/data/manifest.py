@@ -152,11 +152,29 @@ class ManifestWriter:
         self.close()
 
 
+def _canonical_order(record: ClipRecord) -> tuple[str, int, str]:
+    # the order one uninterrupted build writes: videos by source, then segments
+    return record.source, record.segment, record.clip_id
+
+
 def merge_manifests(paths: Iterable[str | os.PathLike], output: str | os.PathLike) -> int:
-    """Concatenate shard manifests (``manifest.<i>-of-<n>.jsonl``) into one, atomically; returns the clip count."""
+    """Merge shard manifests (``manifest.<i>-of-<n>.jsonl``) into one, atomically, in the order one build of all
+    the videos writes (by source, then segment), so the merged file equals a one-machine build's byte for byte;
+    returns the clip count."""
     records: dict[str, ClipRecord] = {}
     for path in paths:
         for record in read_manifest(path):
             records.setdefault(record.clip_id, record)
-    atomic_write_text(output, "".join(r.to_json() + "\n" for r in records.values()))
-    return len(records)
+    ordered = sorted(records.values(), key=_canonical_order)
+    atomic_write_text(output, "".join(r.to_json() + "\n" for r in ordered))
+    return len(ordered)
+
+
+def sort_manifest(path: str | os.PathLike) -> None:
+    """Rewrite a manifest (atomically) in the canonical order if it is not in it; a missing file is left alone."""
+    if not Path(path).is_file():
+        return
+    records = read_manifest(path)
+    ordered = sorted(records, key=_canonical_order)
+    if [r.clip_id for r in ordered] != [r.clip_id for r in records]:
+        atomic_write_text(path, "".join(r.to_json() + "\n" for r in ordered))

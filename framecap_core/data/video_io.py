@@ -87,6 +87,7 @@ class VideoInfo:
     num_frames: int
     width: int
     height: int
+    name: str = ""  # path relative to the source folder (see find_named_videos); the file name when empty
 
     @property
     def duration(self) -> float:
@@ -114,14 +115,25 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 
 
 def find_videos(inputs: Iterable[str | os.PathLike], extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[Path]:
-    """Video files under ``inputs`` (files or folders, searched recursively), sorted, without repeats."""
-    found: set[Path] = set()
+    """Video files under ``inputs`` (files or folders, searched recursively), sorted by :func:`find_named_videos`'s
+    names, without repeats."""
+    return list(find_named_videos(inputs, extensions))
+
+
+def find_named_videos(inputs: Iterable[str | os.PathLike],
+                      extensions: Sequence[str] = VIDEO_EXTENSIONS) -> dict[Path, str]:
+    """Video files under ``inputs``, each with its *name*: the path relative to the folder it was found in (``/``
+    separators), or the file name for a file given directly. Names, not absolute paths, identify a video, so the same
+    videos under another folder or mount point get the same names (and clip ids). Ordered by name."""
+    found: dict[Path, str] = {}
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found.update(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+            for p in path.rglob("*"):
+                if p.is_file() and p.suffix.lower() in extensions:
+                    found.setdefault(p, p.relative_to(path).as_posix())
         elif path.is_file():
-            found.add(path)
+            found.setdefault(path, path.name)
         else:
             raise DatasetError(f"{str(path)!r} is neither a video file nor a folder.")
-    return sorted(found, key=lambda p: str(p))
+    return dict(sorted(found.items(), key=lambda kv: (kv[1], str(kv[0]))))
