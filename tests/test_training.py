@@ -439,3 +439,12 @@ def test_finetune_script_end_to_end_and_the_loader_reads_the_export(tmp_path, ca
     at_step2 = load_file(str(step2 / "model.safetensors"))
     assert all(torch.equal(exported[k], at_step2[k]) for k in at_step2)
     assert not all(torch.equal(exported[k], trained[k]) for k in trained)
+    # a full fine-tune has no LoRA to export: one clear line naming the formats that work, nothing written
+    capsys.readouterr()
+    assert finetune.main(["--export-from", str(step2), "--export-format", "lora", "--export-path",
+                          str(tmp_path / "step2_lora.safetensors")]) != 0
+    err = capsys.readouterr().err
+    assert "full fine-tune" in err and "--export-format diffusers or original" in err and "Traceback" not in err
+    assert not (tmp_path / "step2_lora.safetensors").exists()
+    with pytest.raises(ConfigError, match="not trained with LoRA"):
+        export_transformer(tuned.transformer, tmp_path / "x.safetensors", format="lora_original")

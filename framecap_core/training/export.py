@@ -40,6 +40,10 @@ def _merged_state_dict(transformer) -> dict[str, torch.Tensor]:
     return state
 
 
+_NOT_A_LORA = ("export format {format!r} writes only LoRA adapter weights, but {what}: export it whole with "
+               "--export-format diffusers or original, or fine-tune with lora_rank > 0 to get a LoRA.")
+
+
 def export_transformer(
     transformer,
     path: str | os.PathLike,
@@ -73,6 +77,8 @@ def export_transformer(
     if format in ("lora", "lora_original"):
         from peft.utils import get_peft_model_state_dict
 
+        if not getattr(transformer, "peft_config", None):
+            raise ConfigError(_NOT_A_LORA.format(format=format, what="this model was not trained with LoRA"))
         state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
         if not state:
             raise ConfigError(f"export format {format!r} needs a LoRA-trained model (lora_rank > 0).")
@@ -136,6 +142,10 @@ def export_checkpoint(
     state = json.loads(state_path.read_text(encoding="utf-8"))
     config = TrainConfig.from_dict(state["config"])
     format = format or (config.export_format if config.export_format != "none" else "diffusers")  # noqa: A001
+    if format.startswith("lora") and not config.lora_rank:
+        # refuse before loading the base model: a full fine-tune has no adapter to export
+        raise ConfigError(_NOT_A_LORA.format(format=format, what=f"{str(checkpoint)!r} is a full fine-tune "
+                                                                 f"(lora_rank 0)"))
     if transformer is None:
         transformer = load_base_transformer(config)
     text_len = state.get("extra", {}).get("text_len") or config.text_len or 512
