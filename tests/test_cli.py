@@ -107,7 +107,9 @@ def test_generate_from_diffusers_folder(tiny, tmp_path, capsys):
     code = main(["generate", "--model", str(tiny["diffusers"]), "--timeline", TIMELINE, "--seconds", "1",
                  "--out", str(out), "--quiet", "--seed", "3"])
     assert code == 0, capsys.readouterr().err
-    assert "wrote" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "wrote" in captured.out
+    assert "Loading" not in captured.err and "%|" not in captured.err, captured.err  # --quiet: no loading bar either
     _check_outputs(out, 17, 48, 32)  # size from the folder's framecap.json defaults
 
 

@@ -260,6 +260,15 @@ class _ProgressBar:
             self.bar = None
 
 
+def _silence_loading_bars() -> None:
+    """--quiet means no bar at all: diffusers' and transformers' weight-loading bars too, not only FrameCap's."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def _legend(settings, plan, model_name: str) -> dict[str, Any]:
     return {
         "model": model_name,
@@ -324,6 +333,8 @@ def run(args: argparse.Namespace) -> int:
             raise ModelLoadError(f"{flag} {value} not found; pass a .safetensors file or a folder that exists.")
     if not args.quiet:
         print(plan.describe().split("\nnegative:")[0], file=sys.stderr)
+    else:
+        _silence_loading_bars()
     model = load_wan(
         args.model, transformer_file=args.transformer_file, vae_file=args.vae_file,
         text_encoder_file=args.text_encoder_file, tokenizer_path=args.tokenizer, config_dir=args.config_dir,
