@@ -665,3 +665,34 @@ def test_training_refuses_a_latent_cache_of_another_size(tmp_path):
                          window_latents=4, report_to="none", export_format="none")
     with pytest.raises(ConfigError, match=r"built at 64x64.*trains at 128x128"):
         train(config, transformer=object(), progress=False, log=lambda s: None)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The same bounds behind the ComfyUI nodes, and a few more command-line cases
+
+
+def test_nodes_refuse_huge_stories_and_timelines_at_once():
+    from nodes.timeline_nodes import FrameCapPromptBuilder, FrameCapTimeline
+
+    start = time.monotonic()
+    with pytest.raises(PromptBuildError, match="limit"):
+        FrameCapPromptBuilder().build("A fox runs. " * 20000, 6.0, 16, "offline", "gemini-2.5-pro")
+    with pytest.raises(TimelineError, match="more than 2401 scenes"):
+        FrameCapTimeline().parse("a|" * 5000, 6.0, 16)
+    assert time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["prompt", "", "--backend", "offline"], "The story is empty"),
+        (["generate", "--timeline", "a", "--seconds", "1", "--lora-scale", "nan", "--model", "toy", "--out",
+          "/tmp/framecap-never-written.mp4"], "--lora-scale"),
+        (["generate", "--timeline", '{"scenes": [{"start": 0, "end": 1e20, "caption": "x"}]}', "--dry-run"],
+         "9601"),
+        (["generate", "--timeline", '{"fps": 100000, "scenes": [{"start": 0, "end": 81, "caption": "x"}]}',
+          "--dry-run"], "fps"),
+    ],
+)
+def test_more_careless_command_lines(capsys, argv, words):
+    assert words in cli_error(capsys, *argv)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -328,6 +329,8 @@ def run(args: argparse.Namespace) -> int:
         args.model, transformer_file=args.transformer_file, vae_file=args.vae_file,
         text_encoder_file=args.text_encoder_file, tokenizer_path=args.tokenizer, config_dir=args.config_dir,
     )
+    if not math.isfinite(args.lora_scale):
+        raise ConfigError(f"--lora-scale must be a finite number, got {args.lora_scale}; use 1.0 (0 turns it off).")
     for flag, value in (("--checkpoint", args.checkpoint), ("--lora", args.lora)):
         if value is not None and not Path(value).exists():
             raise ModelLoadError(f"{flag} {value} not found; pass a .safetensors file or a folder that exists.")

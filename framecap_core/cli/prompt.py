@@ -110,7 +110,7 @@ def _read_story(value: str) -> str:
             text = _decode_story(stream.read(4 * MAX_STORY_CHARS + 1), "Standard input")
     else:
         text = value
-        if "\n" not in value and len(value) < 4096:
+        if value.strip() and "\n" not in value and len(value) < 4096:
             path = Path(value.strip()).expanduser()
             try:
                 is_file, exists = path.is_file(), path.exists()
