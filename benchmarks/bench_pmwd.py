@@ -45,7 +45,7 @@ def build(args):
     """The transformer (frame-level attention installed) and a ``WanDenoiser`` over random caption embeddings."""
     from framecap_core.attention import install_frame_level_attention
     from framecap_core.backend import WanDenoiser
-    from framecap_core.tiny import make_tiny_transformer
+    from framecap_core.testing import make_tiny_transformer
 
     transformer = make_tiny_transformer(
         seed=0, num_attention_heads=args.heads, attention_head_dim=args.head_dim, ffn_dim=args.ffn_dim,

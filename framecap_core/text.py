@@ -7,7 +7,8 @@ mask, so the zeros are part of the conditioning and must be reproduced exactly.
 
 A timeline of ``L`` latent frames usually has a handful of distinct captions: they are encoded once into
 ``unique_embeds [U, text_len, D]``, each latent frame points at its caption with ``latent_indices [L]``, and a
-window of latent frames gets its frame-major context ``[K, N*text_len, D]`` by indexing (no re-encoding).
+window of latent frames gets its frame-major context ``[K, N*text_len, D]`` by indexing (no re-encoding;
+:meth:`framecap_core.backend.WanDenoiser.context`).
 """
 
 from __future__ import annotations
@@ -292,39 +293,3 @@ def timeline_context(encoder: CaptionEncoder, timeline, negative: str | None = N
         negative_embeds=embeds[len(unique) :],
     )
 
-
-def _stack(embeds: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    try:
-        from .attention import stack_frame_captions
-    except ImportError:  # pragma: no cover - attention ships with the package
-        stack_frame_captions = None
-    if stack_frame_captions is not None:
-        return stack_frame_captions(embeds, indices)
-    k, n = indices.shape
-    return embeds[indices].reshape(k, n * embeds.shape[1], embeds.shape[2])
-
-
-def _frames(ctx: TimelineContext, frames) -> torch.Tensor:
-    frames = torch.as_tensor(frames, device=ctx.latent_indices.device)
-    if frames.ndim == 1:
-        frames = frames.unsqueeze(0)
-    if frames.ndim != 2 or frames.dtype.is_floating_point or frames.dtype == torch.bool:
-        raise ConfigError(f"frames must be integer latent indices [K, N]; got shape {tuple(frames.shape)}.")
-    if frames.numel() and (int(frames.min()) < 0 or int(frames.max()) >= ctx.num_latents):
-        raise ConfigError(
-            f"frames must lie in [0, {ctx.num_latents}) for a timeline of {ctx.num_latents} latents; got "
-            f"{int(frames.min())}..{int(frames.max())}."
-        )
-    return frames.long()
-
-
-def window_context(ctx: TimelineContext, frames) -> torch.Tensor:
-    """Frame-major caption context of windows: ``frames [K, N]`` absolute latent indices -> ``[K, N*T, D]``."""
-    frames = _frames(ctx, frames)
-    return _stack(ctx.unique_embeds, ctx.latent_indices[frames])
-
-
-def negative_context(ctx: TimelineContext, frames) -> torch.Tensor:
-    """The negative prompt for every frame of every window, ``[K, N*T, D]`` (same layout as the positive)."""
-    frames = _frames(ctx, frames)
-    return _stack(ctx.negative_embeds, torch.zeros_like(frames))

@@ -14,7 +14,6 @@ the final name. This module needs numpy, PIL and imageio-ffmpeg, not torch.
 from __future__ import annotations
 
 import os
-import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -398,17 +397,3 @@ def render_storyboard(
             image.save(tmp, format="PNG")
     return image
 
-
-def scene_frame_indices(timeline) -> list[int]:
-    """Pixel frame shown for each scene in the storyboard: the middle frame of its span."""
-    return [(scene.start + scene.end - 1) // 2 for scene in timeline.scenes]
-
-
-def caption_table(timeline) -> list[str]:
-    """``"  12  lat 40-43  caption"`` lines, wrapped to 100 columns (used by dry runs)."""
-    rows = []
-    for i, (scene, (first, last)) in enumerate(zip(timeline.scenes, timeline.scene_latent_spans()), 1):
-        wrapped = textwrap.wrap(scene.caption, 100) or [""]
-        rows.append(f"  {i:>3}  latents {first:>4}-{last:<4} {wrapped[0]}")
-        rows.extend(" " * 25 + line for line in wrapped[1:])
-    return rows

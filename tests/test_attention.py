@@ -23,7 +23,7 @@ from framecap_core.attention import (
     stack_frame_captions,
 )
 from framecap_core.errors import ConfigError, FrameCapError
-from framecap_core.tiny import TINY_TEXT_DIM, make_tiny_transformer
+from framecap_core.testing import TINY_TEXT_DIM, make_tiny_transformer
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import WanTransformer3DModel  # noqa: E402

@@ -9,7 +9,7 @@ import torch
 from framecap_core.attention import install_frame_level_attention, remove_frame_level_attention, stack_frame_captions
 from framecap_core.backend import WanDenoiser, decode_latents, denormalize_latents, normalize_latents
 from framecap_core.errors import ConfigError
-from framecap_core.tiny import TINY_TEXT_DIM, make_tiny_transformer, make_tiny_vae
+from framecap_core.testing import TINY_TEXT_DIM, make_tiny_transformer, make_tiny_vae
 
 TEXT_LEN = 6
 C, H, W = 16, 4, 6  # latent channels, latent height / width (patch 2x2 -> 6 tokens per frame)

@@ -16,7 +16,7 @@ SMALL = ["--width", "32", "--height", "32", "--steps", "2", "--window", "9", "--
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from framecap_core.tiny import save_tiny_wan
+    from framecap_core.testing import save_tiny_wan
 
     paths = save_tiny_wan(tmp_path_factory.mktemp("tiny"), formats=("diffusers", "comfy"), text_len=8)
     # model defaults carried by the folder: used for every option not given on the command line

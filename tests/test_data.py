@@ -259,7 +259,7 @@ def test_manifest_writer_appends_and_reader_rejects_bad_lines(tmp_path):
 
 
 def test_latent_cache_from_the_manifest(built, tmp_path):
-    from framecap_core.tiny import make_tiny_vae
+    from framecap_core.testing import make_tiny_vae
 
     out, _, _ = built
     manifest = out / "manifest.jsonl"

@@ -438,7 +438,7 @@ def test_storyboard_of_the_longest_timeline_with_the_longest_captions_is_bounded
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    from framecap_core.tiny import save_tiny_wan
+    from framecap_core.testing import save_tiny_wan
 
     return save_tiny_wan(tmp_path_factory.mktemp("tiny"), text_len=8)["diffusers"]
 
@@ -515,7 +515,7 @@ def test_non_finite_latents_are_not_decoded_silently():
 
     from framecap_core.backend import decode_latents
     from framecap_core.errors import NumericalError
-    from framecap_core.tiny import make_tiny_vae
+    from framecap_core.testing import make_tiny_vae
 
     vae = make_tiny_vae()
     channels = vae.config.z_dim
@@ -583,7 +583,7 @@ def test_finetune_script_reports_a_bad_override_in_one_line(tmp_path):
 def _two_checkpoints(root: Path):
     import torch
 
-    from framecap_core.tiny import make_tiny_transformer
+    from framecap_core.testing import make_tiny_transformer
     from framecap_core.training import TrainConfig, save_checkpoint
 
     config = TrainConfig(cache_dir="c", output_dir=str(root), report_to="none", export_format="none",
@@ -605,7 +605,7 @@ def test_resume_latest_falls_back_to_the_newest_intact_checkpoint(tmp_path, dama
     import torch
 
     from framecap_core.errors import ConfigError
-    from framecap_core.tiny import make_tiny_transformer
+    from framecap_core.testing import make_tiny_transformer
     from framecap_core.training import load_checkpoint
     from framecap_core.training.loop import _resume
 

@@ -1,4 +1,4 @@
-"""Loading Wan from every supported format, on tiny random models written by ``framecap_core.tiny``.
+"""Loading Wan from every supported format, on tiny random models written by ``framecap_core.testing``.
 
 Each format is written from one set of known weights, loaded back through ``load_wan`` / the component loaders,
 and compared with the originals: exactly for fp32 and for fp16 / bf16 files against the same weights rounded to that
@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from framecap_core import convert, models, tiny
+from framecap_core import convert, models, testing
 from framecap_core.attention import is_frame_level
 from framecap_core.errors import ModelLoadError
 
@@ -30,19 +30,19 @@ TEXT_LEN = 16
 
 @pytest.fixture(scope="module")
 def tiny_wan():
-    return tiny.make_tiny_wan(seed=0)
+    return testing.make_tiny_wan(seed=0)
 
 
 @pytest.fixture(scope="module")
 def written(tiny_wan, tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_wan")
-    return tiny.save_tiny_wan(root, formats=("diffusers", "comfy"), components=tiny_wan, text_len=TEXT_LEN)
+    return testing.save_tiny_wan(root, formats=("diffusers", "comfy"), components=tiny_wan, text_len=TEXT_LEN)
 
 
 def _inputs(seed: int = 0, text_len: int = TEXT_LEN):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, 16, 2, 4, 4, generator=g)
-    ctx = torch.randn(1, text_len, tiny.TINY_TEXT_DIM, generator=g)
+    ctx = torch.randn(1, text_len, testing.TINY_TEXT_DIM, generator=g)
     return x, torch.tensor([437.0]), ctx
 
 
@@ -98,10 +98,10 @@ def test_vae_key_inverse_matches_diffusers_converter(tiny_wan):
 
 
 def test_tiny_models_are_deterministic_by_seed():
-    a, b, c = (tiny.make_tiny_transformer(seed=s) for s in (3, 3, 4))
+    a, b, c = (testing.make_tiny_transformer(seed=s) for s in (3, 3, 4))
     assert torch.equal(_out(a), _out(b))
     assert not torch.allclose(_out(a), _out(c))
-    assert tiny.tiny_spiece_model() == tiny.tiny_spiece_model()
+    assert testing.tiny_spiece_model() == testing.tiny_spiece_model()
 
 
 # ------------------------------------------------------------------------------------------- diffusers folder
@@ -114,7 +114,7 @@ def test_diffusers_folder_round_trip(tiny_wan, written):
     assert torch.equal(_out(model.transformer), _out(tiny_wan.transformer))
     assert model.text_len == TEXT_LEN  # from framecap.json
     assert model.latents_mean.shape == (16,) and model.latents_std.shape == (16,)
-    assert torch.allclose(model.latents_mean, torch.tensor(tiny.WAN_LATENTS_MEAN))
+    assert torch.allclose(model.latents_mean, torch.tensor(testing.WAN_LATENTS_MEAN))
     assert model.vae_scale == 8 and model.vae_scale_temporal == 4 and model.patch_size == (1, 2, 2)
     assert model.scheduler_config["_class_name"] == "UniPCMultistepScheduler"
     z = torch.randn(1, 16, 2, 2, 2, generator=torch.Generator().manual_seed(1))
@@ -218,7 +218,7 @@ def test_umt5_fp8_scaled_within_quantization_tolerance(tiny_wan, written):
     changed = 0
     for name, value in encoder.state_dict().items():
         ref = original[name]
-        if tiny._is_quantizable_t5_weight(name):
+        if testing._is_quantizable_t5_weight(name):
             _assert_within_fp8(value, ref, name)
             changed += int(not torch.equal(value, ref))
         else:
@@ -244,7 +244,7 @@ def test_transformer_fp8_scaled(tiny_wan, written):
     quantized = 0
     for name, value in transformer.state_dict().items():
         original_name = next(iter(convert.transformer_to_original_keys({name: None})))
-        if tiny._is_quantizable_wan_weight(original_name):
+        if testing._is_quantizable_wan_weight(original_name):
             _assert_within_fp8(value, original[name], name)
             quantized += 1
         elif name in original:
@@ -257,10 +257,10 @@ def test_transformer_fp8_scaled(tiny_wan, written):
 def test_folder_of_single_files_is_classified(written):
     found = models.list_model_files(written["transformer_fp16"].parent)
     assert {p.name for p in found["transformer"]} == {
-        tiny.SINGLE_FILE_NAMES[k]
+        testing.SINGLE_FILE_NAMES[k]
         for k in ("transformer_fp16", "transformer_bf16", "transformer_noprefix", "transformer_fp8_scaled")
     }
-    assert [p.name for p in found["vae"]] == [tiny.SINGLE_FILE_NAMES["vae"]]
+    assert [p.name for p in found["vae"]] == [testing.SINGLE_FILE_NAMES["vae"]]
     assert len(found["text_encoder"]) == 2
     root = models.list_model_files(written["diffusers"].parent)
     assert root["diffusers"] == [written["diffusers"]]
@@ -298,7 +298,7 @@ def test_comfyui_models_layout(tiny_wan, written, tmp_path):
 
 @pytest.fixture(scope="module")
 def finetuned():
-    return tiny.make_tiny_transformer(seed=7)
+    return testing.make_tiny_transformer(seed=7)
 
 
 @pytest.mark.parametrize("style", ["diffusers", "original"])
@@ -467,7 +467,7 @@ def test_lora_for_another_model(written, tmp_path):
 
 
 def test_checkpoint_shape_mismatch(written, tmp_path):
-    other = tiny.make_tiny_transformer(seed=1, ffn_dim=48)
+    other = testing.make_tiny_transformer(seed=1, ffn_dim=48)
     path = tmp_path / "other.safetensors"
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
     with pytest.raises(ModelLoadError, match=r"ffn\.net\.0\.proj\.(weight|bias)"):

@@ -26,7 +26,7 @@ TINY = "diffusers: tiny/diffusers"
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
-    from framecap_core.tiny import save_tiny_wan
+    from framecap_core.testing import save_tiny_wan
 
     root = tmp_path_factory.mktemp("comfy")
     save_tiny_wan(root / "models" / "diffusers" / "tiny", formats=("diffusers",), text_len=8)
@@ -376,7 +376,7 @@ def test_loader_takes_comfyui_single_files(tmp_path, monkeypatch, models_dir):
 
     import framecap_core.models as models
     from framecap_core.models import components, sources, wan
-    from framecap_core.tiny import SINGLE_FILE_NAMES, save_tiny_wan
+    from framecap_core.testing import SINGLE_FILE_NAMES, save_tiny_wan
 
     written = save_tiny_wan(tmp_path / "tiny", formats=("diffusers", "comfy"), seed=0)
     root = tmp_path / "models"

@@ -17,7 +17,7 @@ CAPTIONS = "a red fox in snow | the fox jumps over a river | night falls on the 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     from framecap_core.models import load_wan
-    from framecap_core.tiny import save_tiny_wan
+    from framecap_core.testing import save_tiny_wan
 
     folder = save_tiny_wan(tmp_path_factory.mktemp("tiny"), formats=("diffusers",), text_len=8)["diffusers"]
     return load_wan(folder, device="cpu", dtype="fp32")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framecap_core import models, text, tiny
+from framecap_core import models, testing, text
+from framecap_core.attention import install_frame_level_attention
+from framecap_core.backend import WanDenoiser
 from framecap_core.errors import ConfigError
 from framecap_core.timeline import Scene, Timeline
 
@@ -17,7 +19,7 @@ TEXT_LEN = 24
 
 @pytest.fixture(scope="module")
 def tiny_wan():
-    return tiny.make_tiny_wan(seed=0)
+    return testing.make_tiny_wan(seed=0)
 
 
 @pytest.fixture
@@ -47,7 +49,7 @@ def test_encode_captions_matches_wan_pipeline(tiny_wan):
         ref = pipe._get_t5_prompt_embeds(prompt=CAPTIONS, max_sequence_length=TEXT_LEN, device=torch.device("cpu"),
                                          dtype=torch.float32)
     got = text.encode_captions(tiny_wan.text_encoder, tiny_wan.tokenizer, CAPTIONS, text_len=TEXT_LEN)
-    assert got.shape == (len(CAPTIONS), TEXT_LEN, tiny.TINY_TEXT_DIM)
+    assert got.shape == (len(CAPTIONS), TEXT_LEN, testing.TINY_TEXT_DIM)
     assert torch.equal(got, ref)
     # one at a time gives the same embeddings (padding to text_len makes batching irrelevant)
     single = torch.cat([text.encode_captions(tiny_wan.text_encoder, tiny_wan.tokenizer, [c], text_len=TEXT_LEN)
@@ -67,7 +69,7 @@ def test_dtype_and_device_of_result(tiny_wan):
     emb = text.encode_captions(tiny_wan.text_encoder, tiny_wan.tokenizer, ["a cat"], text_len=8, dtype=torch.bfloat16)
     assert emb.dtype == torch.bfloat16 and emb.device.type == "cpu"
     empty = text.encode_captions(tiny_wan.text_encoder, tiny_wan.tokenizer, [], text_len=8)
-    assert empty.shape == (0, 8, tiny.TINY_TEXT_DIM)
+    assert empty.shape == (0, 8, testing.TINY_TEXT_DIM)
 
 
 def test_cache_encodes_each_caption_once(counted):
@@ -108,28 +110,36 @@ def _timeline() -> Timeline:
     return Timeline(scenes, num_frames=33, negative="low quality")
 
 
-def test_timeline_and_window_context(counted):
+def _denoiser(ctx, text_len: int) -> WanDenoiser:
+    """The denoiser the pipeline builds from a timeline context (frame-level attention of ``text_len`` tokens)."""
+    transformer = testing.make_tiny_transformer(0)
+    install_frame_level_attention(transformer, text_len=text_len)
+    return WanDenoiser(transformer, ctx.unique_embeds, ctx.latent_indices, ctx.negative_embeds)
+
+
+def test_timeline_context_gives_each_window_its_captions(counted):
     wan, calls = counted
     enc = text.CaptionEncoder(wan.text_encoder, wan.tokenizer, text_len=TEXT_LEN)
     timeline = _timeline()
     ctx = text.timeline_context(enc, timeline)
     assert ctx.unique_captions == ["a cat", "a dog"]
-    assert ctx.unique_embeds.shape == (2, TEXT_LEN, tiny.TINY_TEXT_DIM)
-    assert ctx.negative_embeds.shape == (1, TEXT_LEN, tiny.TINY_TEXT_DIM)
+    assert ctx.unique_embeds.shape == (2, TEXT_LEN, testing.TINY_TEXT_DIM)
+    assert ctx.negative_embeds.shape == (1, TEXT_LEN, testing.TINY_TEXT_DIM)
     assert ctx.latent_indices.tolist() == timeline.latent_unique_indices()
     assert sum(calls) == 3  # 2 unique captions + the negative, each once
     direct = text.encode_captions(wan.text_encoder, wan.tokenizer, ["a cat", "a dog", "low quality"], text_len=TEXT_LEN)
     assert torch.equal(ctx.unique_embeds, direct[:2]) and torch.equal(ctx.negative_embeds[0], direct[2])
 
+    denoiser = _denoiser(ctx, TEXT_LEN)
     frames = torch.tensor([[0, 1, 2, 3], [5, 6, 7, 8]])
-    window = text.window_context(ctx, frames)
-    assert window.shape == (2, 4 * TEXT_LEN, tiny.TINY_TEXT_DIM)
+    window = denoiser.context(frames)
+    assert window.shape == (2, 4 * TEXT_LEN, testing.TINY_TEXT_DIM)
     for k in range(2):
         for f in range(4):
             caption = timeline.latent_captions()[int(frames[k, f])]
             expected = direct[["a cat", "a dog"].index(caption)]
             assert torch.equal(window[k, f * TEXT_LEN : (f + 1) * TEXT_LEN], expected)
-    negative = text.negative_context(ctx, frames)
+    negative = denoiser.uncond_context(*frames.shape)
     assert negative.shape == window.shape
     assert torch.equal(negative[1, 3 * TEXT_LEN :], direct[2])
 
@@ -138,19 +148,18 @@ def test_timeline_and_window_context(counted):
     assert sum(calls) == before and enc.encoded == 3
 
 
-def test_window_context_errors(counted):
+def test_window_context_outside_the_video_is_refused(counted):
     wan, _ = counted
     ctx = text.timeline_context(text.CaptionEncoder(wan.text_encoder, wan.tokenizer, text_len=8), _timeline())
-    with pytest.raises(ConfigError, match=r"frames must lie in \[0, 9\)"):
-        text.window_context(ctx, torch.tensor([[7, 8, 9]]))
-    with pytest.raises(ConfigError, match="integer latent indices"):
-        text.window_context(ctx, torch.tensor([[0.0, 1.0]]))
-    assert text.window_context(ctx, [0, 1]).shape == (1, 16, tiny.TINY_TEXT_DIM)
+    denoiser = _denoiser(ctx, 8)
+    with pytest.raises(ConfigError, match=r"outside the video's 9 latents"):
+        denoiser.context(torch.tensor([[7, 8, 9]]))
+    assert denoiser.context(torch.tensor([[0, 1]])).shape == (1, 16, testing.TINY_TEXT_DIM)
 
 
 def test_caption_encoder_from_loaded_model(tiny_wan, tmp_path):
     text.clear_caption_cache()
-    written = tiny.save_tiny_wan(tmp_path, formats=("diffusers",), components=tiny_wan, text_len=TEXT_LEN)
+    written = testing.save_tiny_wan(tmp_path, formats=("diffusers",), components=tiny_wan, text_len=TEXT_LEN)
     model = models.load_wan(written["diffusers"], dtype="fp32", frame_level=False)
     enc = text.CaptionEncoder.from_model(model)
     assert enc.text_len == TEXT_LEN and enc.encoder_id == model.text_encoder_id

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from framecap_core.data import CacheWriter, LatentCache
 from framecap_core.errors import ConfigError, NumericalError
 from framecap_core.schedule import shift_sigmas
-from framecap_core.tiny import TINY_TEXT_DIM, make_tiny_transformer
+from framecap_core.testing import TINY_TEXT_DIM, make_tiny_transformer
 from framecap_core.training import (
     TrainConfig,
     df_flow_matching_loss,
@@ -382,7 +382,7 @@ def test_finetune_script_end_to_end_and_the_loader_reads_the_export(tmp_path, ca
 
     from framecap_core.data import ClipRecord, ManifestWriter
     from framecap_core.models import load_wan
-    from framecap_core.tiny import save_tiny_wan
+    from framecap_core.testing import save_tiny_wan
 
     base = save_tiny_wan(tmp_path / "base", text_len=8)["diffusers"]
     rng = np.random.default_rng(0)

@@ -37,7 +37,7 @@ def _toy_available() -> bool:
 
 @pytest.fixture(scope="module")
 def comfy_dirs(tmp_path_factory):
-    from framecap_core.tiny import save_tiny_wan
+    from framecap_core.testing import save_tiny_wan
 
     root = tmp_path_factory.mktemp("comfy_workflows")
     save_tiny_wan(root / "models" / "diffusers" / "tiny", formats=("diffusers",), text_len=8)
@@ -206,7 +206,7 @@ def test_workflows_run_in_a_real_comfyui(tmp_path):
 
     ``COMFYUI_PYTHON`` picks ComfyUI's interpreter (default: this one); ``FRAMECAP_COMFY_FULL=1`` runs the
     workflows at their own sizes and steps instead of 16 x 16 and 4 steps."""
-    from framecap_core.tiny import save_tiny_wan
+    from framecap_core.testing import save_tiny_wan
     from framecap_core.video import read_mp4
 
     comfy = Path(os.environ["COMFYUI_PATH"]).resolve()
