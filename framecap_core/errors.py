@@ -46,3 +46,7 @@ class NumericalError(FrameCapError):
 
 class CancelledError(FrameCapError):
     """The user cancelled a running generation."""
+
+
+class DistributedError(FrameCapError):
+    """Another process of a multi-process run failed, died or stopped answering, or the processes disagree."""

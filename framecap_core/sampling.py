@@ -313,6 +313,7 @@ def pmwd(
     solver: str = "euler",
     df_sigma_matrix: torch.Tensor | None = None,
     callback: Callback | None = None,
+    process_group=None,
 ) -> torch.Tensor:
     """Parallel Multi-Window Denoising.
 
@@ -335,6 +336,11 @@ def pmwd(
         df_sigma_matrix: ``[M + 1, L]`` per-frame schedule from ``schedule.df_sigma_matrix``; frames then get their
             own timesteps and Euler updates ``x += (s_next - s) * v``.
         callback: called with a ``SamplerEvent`` after every chunk of windows and every step.
+        process_group: a ``torch.distributed`` process group whose processes share every step's windows
+            (:mod:`framecap_core.distributed`); every process calls ``pmwd`` with the same arguments and gets the
+            same latents as one process would. A process's "window" events count its own share of the step
+            (``window`` / ``num_windows``); "step" events and ``forwards`` count all processes' windows. None:
+            this process evaluates every window.
 
     Returns:
         ``[C, L, H, W]`` latents at the schedule's last row (clean when it ends at 0).
@@ -354,25 +360,82 @@ def pmwd(
     batch = window_batch_size or len(starts)
     cost = SamplerCost(sum(len(a) for a in plan), sum(-(-len(a) // batch) for a in plan), sum(1 for a in plan if a))
     progress = _Progress("pmwd", cost, callback)
+    if process_group is not None:
+        return _pmwd_sharded(denoiser, noise, matrix, starts, n, weights, batch, solv, plan, progress, fusion,
+                             process_group)
 
     x = noise.clone()
-    for m, active in enumerate(plan):
-        if not active:
-            continue
-        sigma, sigma_next = matrix[m].to(noise.device), matrix[m + 1].to(noise.device)
-        t = solv.timesteps(m, sigma)  # [L]
-        top = float(sigma.max())
+    for m, active, sigma, sigma_next, t, top in _pmwd_steps(plan, matrix, solv, noise.device):
         fuser = None
         for c0 in range(0, len(active), batch):
             chunk = [starts[k] for k in active[c0:c0 + batch]]
-            frames = _window_frames(chunk, n, noise.device)  # [k, n]
-            xb = torch.stack([x[:, s:s + n] for s in chunk])  # [k, C, n, H, W]
-            v = _call(denoiser, xb, t[frames], frames, what=progress.where(chunk[0]))
+            v = _window_predictions(denoiser, x, t, chunk, n, progress)
             fuser = fuser or WindowFuser(num_latents, v)
             fuser.add(v, chunk, weights)
             progress.windows_done(len(chunk), min(c0 + batch, len(active)), len(active), top)
         x = solv.step(x, fuser.result(), m, sigma, sigma_next)
         progress.step_done(len(active), top)
+    return x
+
+
+def _pmwd_steps(plan: list[list[int]], matrix: torch.Tensor, solv: Solver, device):
+    """The iterations that evaluate windows: ``(m, active windows, sigma [L], sigma_next [L], t [L], top sigma)``."""
+    for m, active in enumerate(plan):
+        if active:
+            sigma, sigma_next = matrix[m].to(device), matrix[m + 1].to(device)
+            yield m, active, sigma, sigma_next, solv.timesteps(m, sigma), float(sigma.max())
+
+
+def _window_predictions(denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor, chunk: list[int], n: int,
+                        progress: _Progress) -> torch.Tensor:
+    """Velocities ``[k, C, n, H, W]`` of the windows of ``x [C, L, H, W]`` starting at ``chunk``, in one call."""
+    frames = _window_frames(chunk, n, x.device)  # [k, n]
+    xb = torch.stack([x[:, s:s + n] for s in chunk])  # [k, C, n, H, W]
+    return _call(denoiser, xb, t[frames], frames, what=progress.where(chunk[0]))
+
+
+def _pmwd_sharded(denoiser, noise, matrix, starts, n, weights, batch, solv, plan, progress, fusion, group):
+    """``pmwd`` with each step's windows shared by the processes of ``group`` (see :mod:`.distributed`).
+
+    Each process evaluates its contiguous share of the active windows, one collective gathers every prediction in
+    window order, and every process fuses them exactly like the one-process loop and takes the same step. An
+    exception here (including from ``callback``) is reported through the next collective, so the other processes
+    stop at the same step instead of waiting for a peer that left.
+    """
+    from .distributed import WindowExchange, check_same_run, group_rank_and_size, shard
+
+    rank, world = group_rank_and_size(group)
+    num_latents = noise.shape[1]
+    check_same_run(group, [noise, matrix, starts, n, fusion, solv.name], "the PMWD run")
+    exchange = WindowExchange(group, (noise.shape[0], n, *noise.shape[2:]), noise.device)
+    last = max((m for m, active in enumerate(plan) if active), default=-1)
+    pending: Exception | None = None  # a callback's failure after the previous collective
+    x = noise.clone()
+    for m, active, sigma, sigma_next, t, top in _pmwd_steps(plan, matrix, solv, noise.device):
+        mine = shard(active, rank, world)
+        failure, predictions = pending, None
+        if failure is None:
+            try:
+                parts = []
+                for c0 in range(0, len(mine), batch):
+                    chunk = [starts[k] for k in mine[c0:c0 + batch]]
+                    parts.append(_window_predictions(denoiser, x, t, chunk, n, progress).float())
+                    progress.windows_done(len(chunk), min(c0 + batch, len(mine)), len(mine), top)
+                predictions = torch.cat(parts) if parts else None
+            except Exception as exc:  # reported to every process by the exchange, then re-raised here
+                failure = exc
+        v = exchange.exchange(len(active), predictions, failure, progress.where())
+        fuser = WindowFuser(num_latents, v)
+        fuser.add(v, [starts[k] for k in active], weights)
+        x = solv.step(x, fuser.result(), m, sigma, sigma_next)
+        progress.forwards += len(active) - len(mine)
+        if m == last:
+            progress.step_done(len(active), top)
+            continue
+        try:
+            progress.step_done(len(active), top)
+        except Exception as exc:
+            pending = exc
     return x
 
 
