@@ -259,6 +259,7 @@ class GenerationPlan:
         latent_captions: caption of every latent.
         unique_captions: distinct captions (each encoded once).
         negative: the negative prompt used.
+        num_processes: processes sharing each step's windows (pmwd under ``torchrun``; 1 otherwise).
     """
 
     method: str
@@ -277,10 +278,21 @@ class GenerationPlan:
     latent_captions: list[str]
     unique_captions: list[str]
     negative: str
+    num_processes: int = 1
 
     @property
     def forwards_per_latent(self) -> float:
         return self.total_forwards / self.num_latents
+
+    def process_share(self) -> str:
+        """How the processes share a full step's windows, e.g. "2 processes, 6 and 5 windows per step"."""
+        from .distributed import shard_sizes
+
+        sizes = shard_sizes(self.forwards_per_step, self.num_processes)
+        if len(set(sizes)) == 1:
+            return f"{self.num_processes} processes, {sizes[0]} window{'s' * (sizes[0] != 1)} each per step"
+        counts = ", ".join(str(k) for k in sizes[:-1]) + f" and {sizes[-1]}"
+        return f"{self.num_processes} processes, {counts} windows per step"
 
     def describe(self, timeline: Timeline | None = None, settings: GenerationSettings | None = None) -> str:
         """Human-readable plan: geometry, cost, windows and the caption of each latent."""
@@ -294,6 +306,8 @@ class GenerationPlan:
             f"{self.num_steps} steps, {self.forwards_per_step} window forwards per step, {self.total_forwards} in "
             f"total ({self.forwards_per_latent:.2f} per latent), {guidance}",
         ]
+        if self.num_processes > 1:
+            lines.append(self.process_share())
         if settings is not None:
             lines.append(
                 f"seed {settings.seed}, guidance {settings.guidance}, shift {settings.shift}, fusion {settings.fusion}, "
@@ -330,8 +344,11 @@ def _check_timeline(timeline: Any) -> Timeline:
     return timeline
 
 
-def plan_generation(timeline: Timeline, settings: GenerationSettings) -> GenerationPlan:
-    """The plan of ``generate(model, timeline, settings)``: geometry, windows, cost and captions (no model needed)."""
+def plan_generation(timeline: Timeline, settings: GenerationSettings, num_processes: int = 1) -> GenerationPlan:
+    """The plan of ``generate(model, timeline, settings)``: geometry, windows, cost and captions (no model needed).
+
+    ``num_processes`` > 1: the processes of a ``torchrun`` launch share each step's windows; only ``pmwd`` can.
+    """
     from .sampling import estimate_cost
     from .windows import plan_windows
 
@@ -353,6 +370,12 @@ def plan_generation(timeline: Timeline, settings: GenerationSettings) -> Generat
                 f"causal_block_size.",
                 field="df_step",
             )
+    if num_processes > 1 and method != "pmwd":
+        raise ConfigError(
+            f"method {method!r} evaluates one window at a time, each after the previous, so {num_processes} "
+            f"processes cannot share it; use method 'pmwd', whose windows are shared, or run {method!r} in one "
+            f"process (without torchrun)."
+        )
     if method == "pmwd":
         starts = plan_windows(num, n, stride)
         cost = estimate_cost("pmwd", num, window=n, num_steps=settings.steps, stride=stride,
@@ -393,6 +416,7 @@ def plan_generation(timeline: Timeline, settings: GenerationSettings) -> Generat
         latent_captions=timeline.latent_captions(),
         unique_captions=timeline.unique_captions(),
         negative=settings.resolved_negative(timeline),
+        num_processes=num_processes,
     )
 
 
@@ -455,6 +479,7 @@ def generate(
     decode: bool = True,
     caption_encoder=None,
     denoiser=None,
+    process_group=None,
 ) -> GenerationResult:
     """Generate the video of ``timeline`` with ``model`` (a :class:`~framecap_core.models.WanModel`).
 
@@ -469,6 +494,10 @@ def generate(
         caption_encoder: a :class:`~framecap_core.text.CaptionEncoder` (default: one over the model's text encoder;
             embeddings are cached process-wide, so a rerun of the same timeline encodes nothing).
         denoiser: use this ``Denoiser`` instead of building a ``WanDenoiser`` (tests, other backends).
+        process_group: a ``torch.distributed`` process group whose processes share each PMWD step's windows
+            (every process calls ``generate`` with the same arguments; :mod:`framecap_core.distributed`). Group rank
+            0 encodes the captions and sends the embeddings to the others (which need no text encoder) and alone
+            decodes (the others need no VAE and return ``frames=None``). All get the latents of a one-process run.
 
     Returns:
         a :class:`GenerationResult`.
@@ -477,11 +506,13 @@ def generate(
 
     from . import sampling
     from .backend import WanDenoiser, decode_latents
+    from .distributed import broadcast_tensors, group_rank_and_size
     from .schedule import df_sigma_matrix, flow_sigmas
 
     settings = (settings or GenerationSettings()).validate()
     timeline = _check_timeline(timeline)
-    plan = plan_generation(timeline, settings)
+    rank, world = group_rank_and_size(process_group)
+    plan = plan_generation(timeline, settings, num_processes=world)
     timings: dict[str, float] = {}
 
     def report(event: ProgressEvent) -> None:
@@ -495,9 +526,15 @@ def generate(
     if denoiser is None:
         from .text import CaptionEncoder, timeline_context
 
-        encoder = caption_encoder if caption_encoder is not None else CaptionEncoder.from_model(model)
-        ctx = timeline_context(encoder, timeline, plan.negative)
-        denoiser = WanDenoiser(model.transformer, ctx.unique_embeds, ctx.latent_indices, ctx.negative_embeds,
+        embeds = None
+        if rank == 0:
+            encoder = caption_encoder if caption_encoder is not None else CaptionEncoder.from_model(model)
+            ctx = timeline_context(encoder, timeline, plan.negative)
+            embeds = [ctx.unique_embeds, ctx.latent_indices, ctx.negative_embeds]
+        if world > 1:  # rank 0's embeddings for everyone: encoded once, the same bits on every process
+            embeds = broadcast_tensors(process_group, embeds)
+            embeds[1] = embeds[1].long()
+        denoiser = WanDenoiser(model.transformer, embeds[0], embeds[1], embeds[2],
                                guidance_scale=float(settings.guidance))
     report(ProgressEvent("encode", len(plan.unique_captions), len(plan.unique_captions)))
     timings["encode"] = time.perf_counter() - t0
@@ -522,7 +559,7 @@ def generate(
     if settings.method == "pmwd":
         latents = sampling.pmwd(denoiser, noise, sigmas, window=n, stride=stride, fusion=settings.fusion,
                                 window_batch_size=settings.window_batch_size, solver=plan.solver,
-                                df_sigma_matrix=matrix, callback=on_event)
+                                df_sigma_matrix=matrix, callback=on_event, process_group=process_group)
     elif settings.method == "single":
         latents = sampling.single_window(denoiser, noise, sigmas, solver=plan.solver, df_sigma_matrix=matrix,
                                          callback=on_event)
@@ -537,7 +574,7 @@ def generate(
     latents = latents.float().cpu()
 
     frames = None
-    if decode:
+    if decode and rank == 0:
         if getattr(model, "vae", None) is None:
             raise ConfigError("decode=True needs a model loaded with its VAE; load it with load_vae_model=True.")
         t0 = time.perf_counter()

@@ -170,6 +170,22 @@ def test_shares_are_contiguous_balanced_and_cover_the_windows():
         assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
+def test_the_plan_says_how_the_processes_share_the_windows():
+    from framecap_core.errors import ConfigError
+    from framecap_core.pipeline import GenerationSettings, plan_generation
+    from framecap_core.timeline import parse_timeline
+
+    timeline = parse_timeline("a red fox | the fox jumps", num_frames=481)  # 121 latents: 9 windows of 21, stride 14
+    settings = GenerationSettings()
+    assert len(plan_generation(timeline, settings).window_spans) == 9
+    assert "processes" not in plan_generation(timeline, settings).describe()
+    assert "\n2 processes, 5 and 4 windows per step\n" in plan_generation(timeline, settings, 2).describe()
+    assert "\n3 processes, 3 windows each per step\n" in plan_generation(timeline, settings, 3).describe()
+    for method in ("sliding", "fifo", "single"):
+        with pytest.raises(ConfigError, match=f"method '{method}' evaluates one window at a time"):
+            plan_generation(timeline, GenerationSettings(method=method), 2)
+
+
 @pytest.fixture(scope="module")
 def three_processes(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist3")
@@ -238,3 +254,43 @@ def test_a_process_that_dies_stops_the_others_within_the_timeout(tmp_path):
     assert (survivor["ok"], survivor["type"]) == (False, "DistributedError")
     assert survivor["message"].startswith("lost the other processes at step 2/6")
     assert survivor["seconds"] < TIMEOUT_S + 10
+
+
+# ---------------------------------------------------------------- the command line under torchrun
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY_RUN = ["generate", "--model", "toy", "--timeline", "a red circle moves right on a blue background", "--seconds",
+           "3", "--steps", "2", "--window-batch-size", "1", "--no-storyboard"]
+
+
+def torchrun(args, cwd, nproc=2):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "framecap_core", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_torchrun_generate_writes_the_video_of_one_process(tmp_path):
+    from framecap_core.cli import main
+
+    torch.set_num_threads(1)
+    assert main([*TOY_RUN, "--out", str(tmp_path / "one.mp4"), "--quiet"]) == 0
+    done = torchrun([*TOY_RUN, "--out", "two.mp4"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # rank 0 alone prints the plan (with the share of each process) and writes
+    assert done.stderr.count("2 processes, 1 window each per step") == 1
+    assert done.stdout.count("wrote ") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.mp4", "one.timeline.json", "two.mp4",
+                                                           "two.timeline.json"]
+    assert (tmp_path / "two.mp4").read_bytes() == (tmp_path / "one.mp4").read_bytes()
+
+    # a sequential baseline cannot be shared: a clear error, no traceback, nothing written
+    refused = torchrun([*TOY_RUN, "--method", "sliding", "--out", "sliding.mp4"], cwd=tmp_path)
+    assert refused.returncode != 0
+    assert ("framecap: error: method 'sliding' evaluates one window at a time, each after the previous, so 2 "
+            "processes cannot share it") in refused.stderr
+    assert "framecap_core/" not in refused.stderr  # no traceback of ours (torchrun prints its own summary)
+    assert not list(tmp_path.glob("sliding*"))

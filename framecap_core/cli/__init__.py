@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from framecap_core import __version__
-from framecap_core.errors import FrameCapError
+from framecap_core.errors import DistributedError, FrameCapError
 
 # Order is the order shown in ``framecap --help``.
 SUBCOMMAND_MODULES = ("generate", "prompt", "eval")
@@ -71,7 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FrameCapError as exc:
-        print(f"framecap: error: {user_message(exc, getattr(args, '_flags', {}))}", file=sys.stderr)
+        rank = int(os.environ.get("RANK", "0"))  # under torchrun
+        message = user_message(exc, getattr(args, '_flags', {}))
+        if rank == 0:
+            print(f"framecap: error: {message}", file=sys.stderr)
+        elif not isinstance(exc, DistributedError):  # rank 0 reports the others' failures
+            print(f"framecap: error: (process {rank}) {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("framecap: interrupted", file=sys.stderr)

@@ -45,6 +45,10 @@ examples:
   framecap generate --model ComfyUI/models/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors \\
       --timeline "[0s-10s: a red fox in snow] [10s-20s: the fox jumps]" --out fox.mp4 --method sliding
   framecap generate --timeline story.json --seconds 30 --dry-run
+
+several GPUs (PMWD only; each process evaluates its share of every step's windows, rank 0 writes the video):
+  torchrun --nproc_per_node=4 -m framecap_core generate --model ./Wan2.1-T2V-1.3B-Diffusers \\
+      --timeline story.json --out story.mp4
 """
 
 # Options whose built-in default a model's framecap.json may replace (option dest -> GenerationSettings field).
@@ -149,6 +153,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     smp.add_argument("--negative", default=None, metavar="TEXT",
                      help="negative prompt (default: the timeline's, else a built-in list of artefacts)")
     smp.add_argument("--lookahead", action="store_true", help="FIFO lookahead denoising (two windows per iteration)")
+    smp.add_argument("--dist-timeout", type=float, default=600.0, metavar="S",
+                     help="under torchrun: seconds a process waits for the others before it stops with an error "
+                          "(default: 600; model loading must fit in it)")
     parser.set_defaults(func=run)
 
 
@@ -292,16 +299,50 @@ def _legend(settings, plan, model_name: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
     opts = resolve_options(args)
+    if world > 1 and not args.dry_run:
+        return _run_distributed(args, opts, build_settings(opts, args))
     timeline = build_timeline(args, opts)
     settings = build_settings(opts, args)
 
     from framecap_core.pipeline import plan_generation
 
-    plan = plan_generation(timeline, settings)
+    plan = plan_generation(timeline, settings, num_processes=world)
     if args.dry_run:
-        print(plan.describe(timeline, settings))
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(plan.describe(timeline, settings))
         return 0
+    return _generate_and_write(args, timeline, settings, plan)
+
+
+def _run_distributed(args, opts, settings) -> int:
+    """One of the processes ``torchrun`` started: join the group, generate with the windows shared, and — on rank 0
+    only — print, decode and write."""
+    import torch.distributed as dist
+
+    from framecap_core.distributed import broadcast_text, init_from_environment
+    from framecap_core.pipeline import plan_generation
+    from framecap_core.timeline import parse_timeline
+
+    group, device = init_from_environment(args.device, timeout_s=args.dist_timeout)
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if args.prompt is not None and args.prompt_backend == "gemini":  # ask the remote model once
+            timeline = parse_timeline(broadcast_text(group, build_timeline(args, opts).to_json() if rank == 0
+                                                     else None))
+        else:
+            timeline = build_timeline(args, opts)
+        plan = plan_generation(timeline, settings, num_processes=world)
+        return _generate_and_write(args, timeline, settings, plan, group=group, rank=rank, device=device)
+    finally:
+        dist.destroy_process_group()
+
+
+def _generate_and_write(args, timeline, settings, plan, *, group=None, rank: int = 0, device: str | None = None
+                        ) -> int:
     if args.out is None:
         raise ConfigError("--out is required (the mp4 to write), e.g. --out video.mp4; or use --dry-run.")
     if args.model is None and args.transformer_file is None:
@@ -334,20 +375,24 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--checkpoint", args.checkpoint), ("--lora", args.lora)):
         if value is not None and not Path(value).exists():
             raise ModelLoadError(f"{flag} {value} not found; pass a .safetensors file or a folder that exists.")
-    if not args.quiet:
+    main = rank == 0  # with torchrun, only rank 0 prints, needs the VAE and text encoder, and writes
+    if not args.quiet and main:
         print(plan.describe().split("\nnegative:")[0], file=sys.stderr)
     else:
         _silence_loading_bars()
     model = load_wan(
         args.model, transformer_file=args.transformer_file, vae_file=args.vae_file,
         text_encoder_file=args.text_encoder_file, tokenizer_path=args.tokenizer, config_dir=args.config_dir,
-        checkpoint=args.checkpoint, lora=args.lora, lora_scale=args.lora_scale, dtype=args.dtype, device=args.device,
+        checkpoint=args.checkpoint, lora=args.lora, lora_scale=args.lora_scale, dtype=args.dtype,
+        device=device or args.device, load_vae_model=main, load_text_encoder_model=main,
     )
-    bar = _ProgressBar(enabled=not args.quiet)
+    bar = _ProgressBar(enabled=not args.quiet and main)
     try:
-        result = generate(model, timeline, settings, progress=bar)
+        result = generate(model, timeline, settings, progress=bar, process_group=group)
     finally:
         bar.close()
+    if not main:
+        return 0
 
     fps = int(timeline.fps)  # the timeline's frames are laid out at its own fps
     write_mp4(result.frames, out, fps=fps)
