@@ -696,3 +696,28 @@ def test_nodes_refuse_huge_stories_and_timelines_at_once():
 )
 def test_more_careless_command_lines(capsys, argv, words):
     assert words in cli_error(capsys, *argv)
+
+
+def test_generate_replaces_its_three_files_together(tmp_path, monkeypatch, capsys):
+    import framecap_core.video as video
+
+    out = tmp_path / "v.mp4"
+    names = [out, tmp_path / "v.timeline.json", tmp_path / "v.storyboard.png"]
+    for path in names:
+        path.write_text("old")
+    argv = ["generate", "--model", "toy", "--timeline", "a red circle moves left on a blue background",
+            "--seconds", "1", "--steps", "2", "--quiet", "--out", str(out)]
+    real = video.render_storyboard
+
+    def killed_while_drawing(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(video, "render_storyboard", killed_while_drawing)
+    assert main(argv) == 130  # interrupted after the mp4 and the timeline were written
+    assert [p.read_text() for p in names] == ["old"] * 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in names)
+    monkeypatch.setattr(video, "render_storyboard", real)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert all(p.read_bytes() != b"old" for p in names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in names)

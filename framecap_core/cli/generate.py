@@ -359,7 +359,7 @@ def _generate_and_write(args, timeline, settings, plan, *, group=None, rank: int
     for beside in (out.with_name(out.stem + ".timeline.json"), storyboard_path(out)):
         check_output_path(beside, f"--out (the file beside it, {beside.name})")
 
-    from framecap_core.fileio import atomic_write_text
+    from framecap_core.fileio import atomic_paths, atomic_write_text
     from framecap_core.models import load_wan, resolve_model_source
     from framecap_core.pipeline import generate
     from framecap_core.video import render_storyboard, storyboard_path, write_mp4
@@ -395,14 +395,17 @@ def _generate_and_write(args, timeline, settings, plan, *, group=None, rank: int
         return 0
 
     fps = int(timeline.fps)  # the timeline's frames are laid out at its own fps
-    write_mp4(result.frames, out, fps=fps)
-    atomic_write_text(out.with_name(out.stem + ".timeline.json"), timeline.to_json() + "\n")
-    written = [str(out)]
-    if not args.no_storyboard:
-        board = storyboard_path(out)
-        render_storyboard(timeline, window_spans=plan.window_spans, scene_frames=result.scene_frames(), path=board,
-                          title=f"FrameCap: {out.name}", settings=_legend(settings, plan, model.name))
-        written.append(str(board))
+    finals = [out, out.with_name(out.stem + ".timeline.json")] + ([] if args.no_storyboard else [storyboard_path(out)])
+    # The files of one run are replaced together: a run killed while encoding or drawing leaves the previous set
+    # whole (or, killed between the renames, the next write in the folder finishes them).
+    with atomic_paths(finals) as staged:
+        write_mp4(result.frames, staged[0], fps=fps)
+        atomic_write_text(staged[1], timeline.to_json() + "\n")
+        if not args.no_storyboard:
+            render_storyboard(timeline, window_spans=plan.window_spans, scene_frames=result.scene_frames(),
+                              path=staged[2], title=f"FrameCap: {out.name}",
+                              settings=_legend(settings, plan, model.name))
+    written = [str(out)] + ([] if args.no_storyboard else [str(finals[2])])
     t = result.timings
     print(
         f"wrote {', '.join(written)} ({result.frames.shape[0]} frames, {result.frames.shape[0] / fps:.2f} s); "
