@@ -15,6 +15,7 @@ if importlib.util.find_spec("framecap_core") is None:  # pragma: no cover - depe
     sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from .model_nodes import FrameCapTextEncode, FrameCapWanLoader  # noqa: E402
+from .native_nodes import FrameCapCLIPTextEncode, FrameCapNativeSampler  # noqa: E402
 from .output_nodes import FrameCapSaveVideo  # noqa: E402
 from .sampler_nodes import FrameCapDecode, FrameCapDFScheduler, FrameCapPMWDSampler  # noqa: E402
 from .timeline_nodes import FrameCapPromptBuilder, FrameCapTimeline  # noqa: E402
@@ -24,8 +25,10 @@ NODE_CLASS_MAPPINGS = {
     "FrameCapTimeline": FrameCapTimeline,
     "FrameCapWanLoader": FrameCapWanLoader,
     "FrameCapTextEncode": FrameCapTextEncode,
+    "FrameCapCLIPTextEncode": FrameCapCLIPTextEncode,
     "FrameCapDFScheduler": FrameCapDFScheduler,
     "FrameCapPMWDSampler": FrameCapPMWDSampler,
+    "FrameCapNativeSampler": FrameCapNativeSampler,
     "FrameCapDecode": FrameCapDecode,
     "FrameCapSaveVideo": FrameCapSaveVideo,
 }
@@ -35,8 +38,10 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FrameCapTimeline": "Timeline (FrameCap)",
     "FrameCapWanLoader": "Frame-Level Wan Loader (FrameCap)",
     "FrameCapTextEncode": "Frame-Level Text Encode (FrameCap)",
+    "FrameCapCLIPTextEncode": "Frame-Level CLIP Text Encode (FrameCap)",
     "FrameCapDFScheduler": "Diffusion Forcing Scheduler (FrameCap)",
     "FrameCapPMWDSampler": "PMWD KSampler (FrameCap)",
+    "FrameCapNativeSampler": "PMWD KSampler, native MODEL (FrameCap)",
     "FrameCapDecode": "Decode Wan Video (FrameCap)",
     "FrameCapSaveVideo": "Save Video + Storyboard (FrameCap)",
 }

@@ -173,6 +173,18 @@ class FrameLevelConditioning:
     text_encoder_id: str
 
 
+NEGATIVE_INPUT = ("STRING", {"multiline": True, "default": "",
+                             "tooltip": "Negative prompt for every frame. Empty = the timeline's negative, else "
+                                        "FrameCap's default (overexposed, static, blurred, low quality, ...)."})
+
+
+def resolve_negative(negative: str, timeline) -> str:
+    """The negative widget's text, else the timeline's negative, else FrameCap's default."""
+    from framecap_core.pipeline import DEFAULT_NEGATIVE
+
+    return negative.strip() if negative and negative.strip() else (timeline.negative or DEFAULT_NEGATIVE)
+
+
 def _check_model(model) -> None:
     if not hasattr(model, "transformer") or not hasattr(model, "latents_mean"):
         raise ConfigError(f"expected a FrameCap model (FRAMECAP_MODEL from the Frame-Level Wan Loader), got "
@@ -198,18 +210,15 @@ class FrameCapTextEncode:
             "required": {
                 "model": (MODEL, {"tooltip": "The model from the Frame-Level Wan Loader."}),
                 "timeline": ("FRAMECAP_TIMELINE", {"tooltip": "The timeline whose captions to encode."}),
-                "negative": ("STRING", {"multiline": True, "default": "",
-                             "tooltip": "Negative prompt for every frame. Empty = the timeline's negative, else "
-                                        "FrameCap's default (overexposed, static, blurred, low quality, ...)."}),
+                "negative": NEGATIVE_INPUT,
             }
         }
 
     def encode(self, model, timeline, negative):
-        from framecap_core.pipeline import DEFAULT_NEGATIVE
         from framecap_core.text import CaptionEncoder, timeline_context
 
         _check_model(model)
-        neg = negative.strip() if negative and negative.strip() else (timeline.negative or DEFAULT_NEGATIVE)
+        neg = resolve_negative(negative, timeline)
         encoder = CaptionEncoder.from_model(model)
         context = timeline_context(encoder, timeline, neg)
         return (FrameLevelConditioning(timeline, context, neg, encoder.encoder_id),)

@@ -21,6 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 PACK = load_pack(ROOT)
 MAPPINGS = PACK.NODE_CLASS_MAPPINGS
+sys.path.insert(0, str(ROOT / "workflows"))
+from native_node_specs import NATIVE_NODES  # noqa: E402 - ComfyUI core nodes' specs, as the generator uses them
+
+ALL_NODES = {**NATIVE_NODES, **MAPPINGS}
 compat = sys.modules[f"{PACK.__name__}.nodes.comfy_compat"]
 TINY = "diffusers: tiny/diffusers"
 # Executor runs: 16 x 16 frames and 4 steps keep them fast; the graphs' own values are checked by map_widgets.
@@ -48,7 +52,7 @@ def comfy_dirs(tmp_path_factory):
 def test_there_are_the_three_workflows():
     names = {p.name for p in WORKFLOWS}
     assert {"framecap_story_to_video.json", "framecap_timeline_to_video.json",
-            "framecap_compare_pmwd_sliding_fifo.json"} <= names
+            "framecap_compare_pmwd_sliding_fifo.json", "framecap_native_wan.json"} <= names
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -66,7 +70,7 @@ def test_workflow_is_a_valid_ui_graph(path):
         assert len(node["pos"]) == 2 and len(node["size"]) == 2
         if node["type"] in FRONTEND_ONLY:
             continue
-        cls = MAPPINGS[node["type"]]
+        cls = ALL_NODES[node["type"]]
         map_widgets(node, cls.INPUT_TYPES())  # widget count, combos in their lists, numbers in range
         assert [o["type"] for o in node["outputs"]] == list(cls.RETURN_TYPES)
     for link_id, src, src_slot, dst, dst_slot, kind in wf["links"]:
@@ -76,12 +80,39 @@ def test_workflow_is_a_valid_ui_graph(path):
         if node["type"] in FRONTEND_ONLY:
             continue
         connected = {i["name"] for i in node["inputs"] if i["link"] is not None}
-        for name, spec in MAPPINGS[node["type"]].INPUT_TYPES()["required"].items():
+        for name, spec in ALL_NODES[node["type"]].INPUT_TYPES()["required"].items():
             if not isinstance(spec[0], list) and spec[0] not in ("INT", "FLOAT", "STRING", "BOOLEAN"):
                 assert name in connected, f"{path.name}: node {node['id']} input {name} unconnected"
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def _uses_native_nodes(wf: dict) -> bool:
+    return any(n["type"] in NATIVE_NODES for n in wf["nodes"])
+
+
+LOADER_WORKFLOWS = [p for p in WORKFLOWS if not _uses_native_nodes(_load(p))]
+NATIVE_WORKFLOWS = [p for p in WORKFLOWS if _uses_native_nodes(_load(p))]
+
+
+def test_native_workflow_uses_comfyuis_own_loaders_and_the_template_files():
+    wf = _load(ROOT / "workflows" / "framecap_native_wan.json")
+    nodes = {n["type"]: n for n in wf["nodes"]}
+    expected = {"UNETLoader": ("wan2.1_t2v_1.3B_fp16.safetensors", "diffusion_models"),
+                "CLIPLoader": ("umt5_xxl_fp8_e4m3fn_scaled.safetensors", "text_encoders"),
+                "VAELoader": ("wan_2.1_vae.safetensors", "vae")}
+    for loader, (name, directory) in expected.items():
+        node = nodes[loader]
+        assert node["widgets_values"][0] == name  # the frontend offers the download when the value is a hinted file
+        (hint,) = node["properties"]["models"]
+        assert hint["name"] == name and hint["directory"] == directory and hint["url"].startswith("https://")
+    assert nodes["CLIPLoader"]["widgets_values"][1] == "wan"
+    assert {"FrameCapNativeSampler", "FrameCapCLIPTextEncode", "ModelSamplingSD3", "VAEDecode", "CreateVideo",
+            "SaveVideo"} <= set(nodes)
+    assert "FrameCapWanLoader" not in nodes
+    notes = [n for n in wf["nodes"] if n["type"] in ("Note", "MarkdownNote")]
+    assert notes and all(len(n["widgets_values"][0]) > 100 for n in notes)
+
+
+@pytest.mark.parametrize("path", LOADER_WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_explains_itself_and_defaults_to_the_toy_model(path):
     wf = _load(path)
     notes = [n for n in wf["nodes"] if n["type"] in ("Note", "MarkdownNote")]
@@ -115,8 +146,10 @@ def test_workflow_holds_no_secret(path):
             assert not re.search(r"key|token|secret|password", entry["name"], re.I)
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", LOADER_WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_runs_end_to_end(path, comfy_dirs):
+    """The FrameCap-loader workflows with the test executor (the native one needs ComfyUI's own nodes: it runs in
+    test_workflows_run_in_a_real_comfyui)."""
     from framecap_core.video import read_mp4
 
     wf = _load(path)
@@ -198,6 +231,83 @@ def _run_prompt(url: str, prompt: dict, timeout: float = 600, prompt_id: str | N
     raise AssertionError(f"prompt {prompt_id} did not finish in {timeout} s")
 
 
+TINY_CLIP_NODE = """
+import sys
+sys.path.append({tests!r})
+
+
+class FrameCapTestTinyWanCLIP:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {{"required": {{}}}}
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self):
+        from comfy_native_checks import tiny_comfy_clip
+
+        return (tiny_comfy_clip(),)
+
+
+NODE_CLASS_MAPPINGS = {{"FrameCapTestTinyWanCLIP": FrameCapTestTinyWanCLIP}}
+"""
+
+
+def _write_native_models(root: Path) -> None:
+    """Small ComfyUI-loadable Wan files under the template names (see tests/native_models.py), plus a test node that
+    builds ComfyUI's real CLIP class with Wan's UMT5 classes at 2 layers: Load CLIP (type wan) only accepts the
+    full 24-layer UMT5-XXL, so the native workflow's CLIPLoader is swapped for it; a small UMT5 file still sits under
+    the template name so the loader's widget value validates."""
+    import torch
+    from native_models import write_comfy_wan_files
+
+    from framecap_core.tiny import SINGLE_FILE_NAMES, make_tiny_text_encoder, write_comfy_umt5
+
+    write_comfy_wan_files(root / "models", dtype=torch.float16)
+    write_comfy_umt5(make_tiny_text_encoder(), root / "models" / "text_encoders" / SINGLE_FILE_NAMES["umt5_fp8_scaled"])
+    (root / "custom_nodes" / "framecap_test_tiny_clip.py").write_text(
+        TINY_CLIP_NODE.format(tests=str(Path(__file__).resolve().parent)))
+
+
+def _check_native_specs(info: dict) -> None:
+    """The core-node specs the workflow generator uses match this ComfyUI (names, order, kinds, non-file combos)."""
+    for name, cls in NATIVE_NODES.items():
+        spec = cls.INPUT_TYPES()
+        server = info[name]
+        for section in ("required", "optional"):
+            ours, theirs = spec.get(section, {}), server["input"].get(section, {})
+            assert list(ours) == list(server.get("input_order", {}).get(section, theirs)), (name, section)
+            for key, value in ours.items():
+                kind = theirs[key][0]
+                if isinstance(value[0], list):
+                    choices = kind if isinstance(kind, list) else theirs[key][1].get("options", [])
+                    if not key.endswith("_name"):  # model-file combos list what the server has
+                        assert choices == value[0], (name, key)
+                else:
+                    assert kind == value[0], (name, key)
+        assert list(server["output"]) == list(cls.RETURN_TYPES), name
+
+
+def _run_native_workflow(url: str, info: dict, path: Path, root: Path) -> None:
+    from framecap_core.video import read_mp4
+
+    wf = _load(path)
+    small = {"FrameCapNativeSampler": {"width": SIZE, "height": SIZE}, "FrameCapDFScheduler": {"steps": 2}}
+    prompt = workflow_to_api(wf, info, small if os.environ.get("FRAMECAP_COMFY_FULL") != "1" else {})
+    for entry in prompt.values():
+        if entry["class_type"] == "CLIPLoader":
+            entry["class_type"], entry["inputs"] = "FrameCapTestTinyWanCLIP", {}
+    result = _run_prompt(url, prompt)
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"], indent=1)[-4000:]
+    prefix = next(n for n in wf["nodes"] if n["type"] == "SaveVideo")["widgets_values"][0]
+    saved = sorted((root / "output").glob(prefix + "*.mp4"))
+    assert len(saved) == 1, saved
+    frames = read_mp4(saved[0])
+    assert frames.shape == (129, SIZE, SIZE, 3)  # the story's 8 s at 16 fps, through VAE Decode + CreateVideo
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="set COMFYUI_PATH to a ComfyUI checkout")
 def test_workflows_run_in_a_real_comfyui(tmp_path):
@@ -214,8 +324,10 @@ def test_workflows_run_in_a_real_comfyui(tmp_path):
     (tmp_path / "custom_nodes").mkdir()
     os.symlink(ROOT, tmp_path / "custom_nodes" / "framecap", target_is_directory=True)
     save_tiny_wan(tmp_path / "models" / "diffusers" / "tiny", formats=("diffusers",), text_len=8)
+    _write_native_models(tmp_path)
     (tmp_path / "extra_model_paths.yaml").write_text(
         f"framecap_test:\n  base_path: {tmp_path}\n  custom_nodes: custom_nodes/\n  diffusers: models/diffusers/\n"
+        "  diffusion_models: models/diffusion_models/\n  text_encoders: models/text_encoders/\n  vae: models/vae/\n"
     )
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -248,7 +360,10 @@ def test_workflows_run_in_a_real_comfyui(tmp_path):
             overrides["FrameCapDFScheduler"] = {"steps": STEPS}
         if not _toy_available():
             overrides["FrameCapWanLoader"] = {"model": TINY}
-        for path in WORKFLOWS:
+        _check_native_specs(info)
+        for path in NATIVE_WORKFLOWS:
+            _run_native_workflow(url, info, path, tmp_path)
+        for path in LOADER_WORKFLOWS:
             wf = _load(path)
             entry = _run_prompt(url, workflow_to_api(wf, info, overrides))
             assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-4000:]

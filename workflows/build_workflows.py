@@ -47,6 +47,10 @@ TOY_STORY = (
     "A red circle moves left on a blue background. Then a yellow square moves up on a black background. "
     "Finally a white triangle stays still on a green background."
 )
+NATIVE_STORY = (
+    "A red fox trots through a snowy pine forest at dawn. It stops at a frozen stream and sniffs the ice. "
+    "Suddenly it pounces into a snowdrift, then shakes the snow off its fur and runs away over a hill."
+)
 TOY_TIMELINE = (
     "0s-3s: a red circle moves left on a blue background\n"
     "3s-5.5s: a yellow square moves up on a black background\n"
@@ -243,15 +247,69 @@ def compare_methods(mappings) -> dict:
     return g.to_json()
 
 
+NATIVE_NOTE = (
+    "## FrameCap on your own ComfyUI Wan models\n"
+    "The Wan2.1 files of ComfyUI's own Wan templates, loaded by ComfyUI's own loaders: **Load Diffusion Model** "
+    "(`wan2.1_t2v_1.3B_fp16.safetensors`), **Load CLIP** (`umt5_xxl_fp8_e4m3fn_scaled.safetensors`, type wan) and "
+    "**Load VAE** (`wan_2.1_vae.safetensors`). ComfyUI loads and offloads them as usual, so this runs where "
+    "ComfyUI's Wan template runs (8-12 GB cards); LoRAs and model patches go between the loader and the sampler.\n\n"
+    "**Frame-Level CLIP Text Encode** encodes each distinct caption of the timeline once. **PMWD KSampler, native "
+    "MODEL** attaches frame-level cross-attention to a copy of the model (every latent frame attends only to its own "
+    "caption) and denoises overlapping windows in parallel. The sigma shift is the MODEL's: **ModelSamplingSD3** "
+    "(8, as in ComfyUI's template) sets it; the scheduler's shift widget is not used here. **VAE Decode**, **Create "
+    "Video** and **Save Video** are ComfyUI's own.\n\n"
+    "A 5 s story is one window (81 frames); longer stories get more windows. Without a Diffusion Forcing fine-tune "
+    "keep df_step at 0."
+)
+
+
+def native_wan(mappings) -> dict:
+    from native_node_specs import WAN_TEXT_ENCODER, WAN_TRANSFORMER, WAN_VAE
+
+    hints = {m["directory"]: [m] for m in MODEL_HINTS}
+    g = Graph(mappings)
+    g.note(NATIVE_NOTE, (0, 0), (440, 560), "About this workflow")
+    builder = g.add("FrameCapPromptBuilder", (480, 0), (400, 360),
+                    {"story": NATIVE_STORY, "seconds": SECONDS, "fps": FPS, "backend": "offline"})
+    unet = g.add("UNETLoader", (480, 420), (400, 90), {"unet_name": WAN_TRANSFORMER, "weight_dtype": "default"},
+                 properties={"models": hints["diffusion_models"]})
+    clip = g.add("CLIPLoader", (480, 560), (400, 110), {"clip_name": WAN_TEXT_ENCODER, "type": "wan",
+                                                        "device": "default"},
+                 properties={"models": hints["text_encoders"]})
+    vae = g.add("VAELoader", (480, 720), (400, 60), {"vae_name": WAN_VAE}, properties={"models": hints["vae"]})
+    shifted = g.add("ModelSamplingSD3", (940, 0), (320, 60), {"shift": 8.0}, {"model": (unet, 0)})
+    encode = g.add("FrameCapCLIPTextEncode", (940, 120), (320, 200), {"negative": ""},
+                   {"clip": (clip, 0), "timeline": (builder, 0)})
+    schedule = g.add("FrameCapDFScheduler", (940, 380), (320, 180), {**TOY_SCHEDULE, "steps": 30, "shift": 8.0})
+    sampler = g.add("FrameCapNativeSampler", (1300, 0), (400, 420),
+                    {"width": 832, "height": 480, "seed": 42, "guidance": 5.0, "method": "pmwd", "window": 81,
+                     "overlap": 28, "fusion": "flat", "window_batch_size": 0},
+                    {"model": (shifted, 0), "conditioning": (encode, 0), "schedule": (schedule, 0)})
+    decode = g.add("VAEDecode", (1760, 0), (220, 50), {}, {"samples": (sampler, 0), "vae": (vae, 0)})
+    video = g.add("CreateVideo", (1760, 100), (220, 80), {"fps": float(FPS)}, {"images": (decode, 0)})
+    g.add("SaveVideo", (1760, 230), (420, 500), {"filename_prefix": "FrameCap/native", "format": "auto",
+                                                "codec": "auto"}, {"video": (video, 0)})
+    return g.to_json()
+
+
 WORKFLOWS = {
+    "framecap_native_wan.json": native_wan,
     "framecap_story_to_video.json": story_to_video,
     "framecap_timeline_to_video.json": timeline_to_video,
     "framecap_compare_pmwd_sliding_fifo.json": compare_methods,
 }
 
 
+def mappings() -> dict:
+    """FrameCap's nodes and the ComfyUI core nodes the workflows use (their specs, see native_node_specs.py)."""
+    sys.path.insert(0, str(HERE))
+    from native_node_specs import NATIVE_NODES
+
+    return {**NATIVE_NODES, **load_pack().NODE_CLASS_MAPPINGS}
+
+
 def render(builder) -> str:
-    return json.dumps(builder(load_pack().NODE_CLASS_MAPPINGS), indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(builder(mappings()), indent=2, ensure_ascii=False) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
