@@ -1,15 +1,16 @@
 """Everything the nodes need from ComfyUI, in one place, with fallbacks for when ComfyUI is absent.
 
 Inside ComfyUI this module uses ``folder_paths`` (model and output folders), ``comfy.utils.ProgressBar`` (the
-progress bar; each update also lets the server notice the user's Cancel) and ``comfy.model_management``
-(interrupt check, default device, freeing VRAM before a big load). Outside ComfyUI (plain Python, pytest) the same
+progress bar; each update also lets the server notice the user's Cancel), ``comfy.model_management``
+(interrupt check, default device, freeing VRAM before a big load) and ``latent_preview`` (live previews). Outside ComfyUI (plain Python, pytest) the same
 functions work on a models folder and an output folder of their own:
 
 - models: ``FRAMECAP_MODELS_DIR`` (or :func:`set_fallback_dirs`), laid out like ComfyUI's ``models/`` folder
   (``diffusers/``, ``diffusion_models/``, ``text_encoders/``, ``vae/``, ``loras/``);
 - outputs: ``FRAMECAP_OUTPUT_DIR`` (or :func:`set_fallback_dirs`), default ``./output``.
 
-No other module of the pack imports ComfyUI. Importing this module imports nothing heavy.
+Only :mod:`nodes.native_backend` (the native MODEL path, which drives ComfyUI's own sampling function and patch
+points) imports ComfyUI too, inside its functions. Importing this module imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -206,6 +207,24 @@ def progress_bar(total: int):
     if _comfy_utils is not None:
         return _comfy_utils.ProgressBar(total)
     return _SilentProgress(total)
+
+
+def latent_previewer(device, latent_format=None, latent_channels: int = 16):
+    """ComfyUI's previewer for the user's latent-preview setting (None outside ComfyUI, with previews off, or when
+    no latent format fits). ``latent_format``: the MODEL's own; else Wan2.1's when the latents have its 16 channels
+    (the FrameCap loader's Wan2.1), else None (the toy model's 8-channel VAE has no RGB factors)."""
+    if _folder_paths is None:
+        return None
+    try:
+        import comfy.latent_formats
+        import latent_preview  # ComfyUI's own module (its root is on sys.path inside ComfyUI)
+    except ImportError:
+        return None
+    if latent_format is None:
+        if latent_channels != comfy.latent_formats.Wan21.latent_channels:
+            return None
+        latent_format = comfy.latent_formats.Wan21()
+    return latent_preview.get_previewer(device, latent_format)
 
 
 def check_interrupt() -> None:

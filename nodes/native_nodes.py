@@ -11,6 +11,7 @@ from framecap_core.errors import ConfigError
 
 from . import comfy_compat
 from .model_nodes import CONDITIONING, NEGATIVE_INPUT, FrameLevelConditioning, resolve_negative
+from .previews import PreviewCollector, preview_progress
 from .sampler_nodes import LATENT_INFO_KEY, SCHEDULE, DiffusionForcingSchedule
 
 CATEGORY = "FrameCap"
@@ -176,15 +177,13 @@ class FrameCapNativeSampler:
         h, w = plan.latent_size
         rows = 1 if method in ("sliding", "fifo", "single") else (settings.window_batch_size or
                                                                   len(plan.window_spans))
-        bar = comfy_compat.progress_bar(plan.total_forwards)
-
-        def on_progress(event) -> None:
-            if event.phase == "denoise":
-                bar.update_absolute(event.done, event.total)
-
+        previewer = comfy_compat.latent_previewer(clone.load_device, base.latent_format)
         with native_sampling(clone, (rows, channels, plan.window_latents, h, w)) as (loaded, model_options):
             denoiser = NativeWanDenoiser(loaded, model_options, ctx.unique_embeds, ctx.latent_indices,
                                          ctx.negative_embeds, guidance_scale=float(guidance))
+            collector = PreviewCollector(denoiser, plan.num_latents) if previewer is not None else None
+            on_progress = preview_progress(comfy_compat.progress_bar(plan.total_forwards), previewer, collector)
+            denoiser = collector or denoiser
             info = _NativeModelInfo(clone.load_device, channels)
             result = generate(info, timeline, settings, progress=on_progress, cancel=comfy_compat.cancel_requested,
                               decode=False, denoiser=denoiser)

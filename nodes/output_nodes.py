@@ -16,7 +16,8 @@ class FrameCapSaveVideo:
     DESCRIPTION = (
         "Saves the frames as an H.264 mp4 in ComfyUI's output folder, with a storyboard PNG beside it (the timeline "
         "as coloured scenes, the sampler's windows, one frame per scene, the settings) and the timeline JSON, and "
-        "shows the storyboard. Connect the KSampler's latent (or a timeline) to get the storyboard."
+        "plays the video in the node, as ComfyUI's Save Video does. Connect the KSampler's latent (or a timeline) to "
+        "get the storyboard."
     )
     CATEGORY = CATEGORY
     FUNCTION = "save"
@@ -59,7 +60,7 @@ class FrameCapSaveVideo:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         write_mp4(frames, video_path, fps=rate)
-        ui_images = []
+        boards = []
         if timeline is not None:
             atomic_write_text(video_path.with_suffix(".timeline.json"), timeline.to_json() + "\n")
             if storyboard:
@@ -75,5 +76,8 @@ class FrameCapSaveVideo:
                 legend = settings_legend(info) if info else {"fps": rate}
                 render_storyboard(timeline, window_spans=spans, scene_frames=scene_frames, path=board,
                                   title=f"FrameCap: {video_name}", settings=legend)
-                ui_images.append({"filename": board.name, "subfolder": subfolder, "type": "output"})
-        return {"ui": {"images": ui_images}, "result": (str(video_path),)}
+                boards.append({"filename": board.name, "subfolder": subfolder, "type": "output"})
+        # "images" + "animated" is how ComfyUI's own SaveVideo reports its file: the frontend plays it in the node.
+        # The storyboard rides along under its own key (a PNG among "images" would turn the preview into stills).
+        video = {"filename": video_name, "subfolder": subfolder, "type": "output"}
+        return {"ui": {"images": [video], "animated": [True], "storyboard": boards}, "result": (str(video_path),)}

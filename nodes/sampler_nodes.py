@@ -9,6 +9,7 @@ from framecap_core.pipeline import FUSIONS, METHODS, SOLVER_CHOICES
 
 from . import comfy_compat
 from .model_nodes import CONDITIONING, MODEL, FrameLevelConditioning, _check_model
+from .previews import PreviewCollector, preview_progress
 
 CATEGORY = "FrameCap"
 SCHEDULE = "FRAMECAP_SCHEDULE"
@@ -105,12 +106,17 @@ class FrameCapPMWDSampler:
                 "method": (list(METHODS), {"default": "pmwd",
                            "tooltip": "pmwd (parallel windows, fused), sliding (sequential windows), fifo "
                                       "(FIFO-Diffusion) or single (one window over the whole video)."}),
-                "window": ("INT", {"default": 81, "min": 1, "max": 4001, "step": 4,
-                                   "tooltip": "Window length in pixel frames, 4k+1 (81 = 21 latents = Wan's "
-                                              "training length)."}),
-                "overlap": ("INT", {"default": 28, "min": 0, "max": 4000, "step": 4,
-                                    "tooltip": "Frames consecutive windows share, a multiple of 4 (28 = 7 latents). "
-                                               "pmwd: the fused overlap; sliding: the context kept."}),
+                # step 1: the frontend rounds a typed value to the step; a value that is not 4k+1 / a multiple of
+                # 4 is rejected by the sampler with a message naming the nearest valid ones, never changed silently.
+                "window": ("INT", {"default": 81, "min": 1, "max": 4001, "step": 1,
+                                   "tooltip": "Window length in PIXEL FRAMES, of the form 4k+1 (81 frames = 21 latents "
+                                              "= Wan's training length). Other values are rejected with the nearest "
+                                              "valid ones."}),
+                "overlap": ("INT", {"default": 28, "min": 0, "max": 4000, "step": 1,
+                                    "tooltip": "Overlap in PIXEL FRAMES that consecutive windows share, a multiple of "
+                                               "4 (4 frames = 1 latent; 28 = 7 latents). Other values (e.g. 33) are "
+                                               "rejected with the nearest valid ones (32 or 36). pmwd: the fused "
+                                               "overlap; sliding: the context kept."}),
                 "fusion": (list(FUSIONS), {"default": "flat",
                            "tooltip": "How pmwd averages overlapping predictions: flat (the paper), pyramid "
                                       "(window centres weigh more), overlap-linear (cross-fade)."}),
@@ -145,12 +151,12 @@ class FrameCapPMWDSampler:
         plan = plan_generation(timeline, settings)  # validates; raises ConfigError naming the fix
         denoiser = WanDenoiser(model.transformer, ctx.unique_embeds, ctx.latent_indices, ctx.negative_embeds,
                                guidance_scale=float(guidance))
-        bar = comfy_compat.progress_bar(plan.total_forwards)
-
-        def on_progress(event) -> None:
-            if event.phase == "denoise":  # after every window chunk and every step
-                bar.update_absolute(event.done, event.total)
-
+        previewer = comfy_compat.latent_previewer(model.device, latent_channels=model.latent_channels)
+        if previewer is not None:
+            denoiser = PreviewCollector(denoiser, plan.num_latents)
+        # after every window chunk and every step, with a preview at every step
+        on_progress = preview_progress(comfy_compat.progress_bar(plan.total_forwards), previewer,
+                                       denoiser if previewer is not None else None)
         result = generate(model, timeline, settings, progress=on_progress, cancel=comfy_compat.cancel_requested,
                           decode=False, denoiser=denoiser)
         # The samplers work in the normalized space; a ComfyUI LATENT holds raw VAE latents.

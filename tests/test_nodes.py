@@ -355,13 +355,17 @@ def test_save_video_writes_mp4_storyboard_and_timeline(tiny_run, models_dir):
     assert path == (models_dir / "output" / "runs" / "clip_00001_.mp4").resolve()
     video = read_mp4(path)
     assert video.shape == (17, 32, 48, 3)
-    board = out["ui"]["images"][0]
+    board = out["ui"]["storyboard"][0]
     assert board == {"filename": "clip_00001_.storyboard.png", "subfolder": "runs", "type": "output"}
+    # the mp4 is the node's preview, reported as ComfyUI's own SaveVideo reports it (played in the node)
+    assert out["ui"]["images"] == [{"filename": "clip_00001_.mp4", "subfolder": "runs", "type": "output"}]
+    assert out["ui"]["animated"] == [True]
     assert (path.parent / board["filename"]).stat().st_size > 1000
     assert json.loads((path.parent / "clip_00001_.timeline.json").read_text()) == timeline.to_dict()
 
     plain = MAPPINGS["FrameCapSaveVideo"]().save(images[:5], "runs/clip", 8, True)  # no timeline: video only
-    assert plain["ui"]["images"] == [] and read_mp4(plain["result"][0]).shape[0] == 5
+    assert plain["ui"]["storyboard"] == [] and read_mp4(plain["result"][0]).shape[0] == 5
+    assert plain["ui"]["images"][0]["filename"] == Path(plain["result"][0]).name
 
 
 def test_requirements_never_pin_torch():

@@ -128,6 +128,33 @@ def test_workflow_explains_itself_and_defaults_to_the_toy_model(path):
     assert all(n["widgets_values"][3] == "offline" for n in builders)  # runs without a key
 
 
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_opens_with_notes_on_screen_downloads_offered_and_a_thumbnail(path):
+    from PIL import Image
+
+    wf = _load(path)
+    assert all(node["pos"][0] >= 0 and node["pos"][1] >= 0 for node in wf["nodes"])  # notes on screen when opened
+    # the frontend offers each top-level "models" entry that is missing from the models folders
+    names = {m["name"]: m["directory"] for m in wf["models"]}
+    assert names == {"wan2.1_t2v_1.3B_fp16.safetensors": "diffusion_models",
+                     "umt5_xxl_fp8_e4m3fn_scaled.safetensors": "text_encoders", "wan_2.1_vae.safetensors": "vae"}
+    assert all(m["url"].startswith("https://") and m["name"] in m["url"] for m in wf["models"])
+    with Image.open(path.with_suffix(".jpg")) as thumb:  # served as /api/workflow_templates/framecap/<name>.jpg
+        assert thumb.format == "JPEG" and min(thumb.size) >= 256
+
+
+def test_window_and_overlap_say_their_unit_and_are_never_rounded_silently():
+    from framecap_core.pipeline import GenerationSettings
+
+    for cls in (MAPPINGS["FrameCapPMWDSampler"], MAPPINGS["FrameCapNativeSampler"]):
+        spec = cls.INPUT_TYPES()["required"]
+        for name in ("window", "overlap"):
+            assert spec[name][1]["step"] == 1  # the frontend rounds typed values to the step: 33 would become 32
+            assert "PIXEL FRAMES" in spec[name][1]["tooltip"]
+    with pytest.raises(Exception, match="overlap=33 frames is not a multiple of 4.*use 32 or 36"):
+        GenerationSettings(overlap=33).validate()
+
+
 def test_workflows_match_their_generator():
     out = subprocess.run([sys.executable, str(ROOT / "workflows" / "build_workflows.py"), "--check"],
                          capture_output=True, text=True, cwd=ROOT)
@@ -169,7 +196,8 @@ def test_workflow_runs_end_to_end(path, comfy_dirs):
         video = Path(out["outputs"][0])
         assert video.is_file() and video.is_relative_to(comfy_dirs / "output")
         assert read_mp4(video).shape == (num_frames, SIZE, SIZE, 3)
-        board = video.parent / out["ui"]["images"][0]["filename"]
+        board = video.parent / out["ui"]["storyboard"][0]["filename"]
+        assert out["ui"]["images"][0]["filename"] == video.name and out["ui"]["animated"] == [True]
         assert board.is_file() and board.suffix == ".png"
         written.add(video)
     assert len(written) == len(saves)  # one file per save node
@@ -354,6 +382,9 @@ def test_workflows_run_in_a_real_comfyui(tmp_path):
         assert not missing, f"ComfyUI did not load {missing}:\n" + (tmp_path / "comfyui.log").read_text()[-4000:]
         templates = _get(f"{url}/workflow_templates")  # the template browser lists the bundled workflows
         assert sorted(templates.get("framecap", [])) == sorted(p.stem for p in WORKFLOWS), templates
+        for path in WORKFLOWS:  # the template browser's card images
+            with urllib.request.urlopen(f"{url}/api/workflow_templates/framecap/{path.stem}.jpg", timeout=30) as r:
+                assert r.status == 200 and r.read(3) == b"\xff\xd8\xff"
         overrides = {}
         if os.environ.get("FRAMECAP_COMFY_FULL") != "1":
             overrides["FrameCapPMWDSampler"] = {"width": SIZE, "height": SIZE}
@@ -369,10 +400,11 @@ def test_workflows_run_in_a_real_comfyui(tmp_path):
             assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-4000:]
             saves = [str(n["id"]) for n in wf["nodes"] if n["type"] == "FrameCapSaveVideo"]
             for node_id in saves:
-                image = entry["outputs"][node_id]["images"][0]
+                image = entry["outputs"][node_id]["storyboard"][0]
                 board = tmp_path / "output" / image["subfolder"] / image["filename"]
                 video = board.with_name(board.name.replace(".storyboard.png", ".mp4"))
                 assert board.is_file() and video.is_file()
+                assert entry["outputs"][node_id]["images"][0]["filename"] == video.name  # the node plays the mp4
                 frames = read_mp4(video)
                 assert frames.shape[0] == 129 and frames.shape[3] == 3
         # A FrameCapError reaches the user with the core's message unchanged.

@@ -145,6 +145,10 @@ class Graph:
         return node_id
 
     def to_json(self) -> dict:
+        # Everything at x >= 0, so the notes on the left are on screen when the workflow opens.
+        left = min(node["pos"][0] for node in self.nodes)
+        for node in self.nodes:
+            node["pos"][0] -= min(left, 0)
         # Execution order as the frontend stores it: a topological order of the graph (notes first).
         order, done = {}, set()
         incoming = {n["id"]: {link[1] for link in self.links if link[3] == n["id"]} for n in self.nodes}
@@ -163,6 +167,9 @@ class Graph:
             "groups": [],
             "config": {},
             "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}},
+            # The frontend offers every file listed here for download when it is missing from the models folders
+            # (besides the loader nodes whose widget value names a file of their own "models" property).
+            "models": MODEL_HINTS,
             "version": 0.4,
         }
 
@@ -312,6 +319,50 @@ def render(builder) -> str:
     return json.dumps(builder(mappings()), indent=2, ensure_ascii=False) + "\n"
 
 
+THUMBNAIL_SIZE = (512, 384)
+_COLORS = {"Note": (110, 85, 51), "native": (70, 74, 82), "framecap": (40, 84, 140)}
+
+
+def render_thumbnail(workflow: dict, title: str):
+    """The template browser's card: the graph's nodes as boxes at their positions (notes brown, FrameCap blue,
+    ComfyUI's own grey) with their titles, under the workflow's name. Returns a PIL image."""
+    from PIL import Image, ImageDraw
+
+    width, height = THUMBNAIL_SIZE
+    image = Image.new("RGB", THUMBNAIL_SIZE, (32, 32, 36))
+    draw = ImageDraw.Draw(image)
+    draw.text((12, 10), title, fill=(235, 235, 235))
+    nodes = workflow["nodes"]
+    x0 = min(n["pos"][0] for n in nodes)
+    y0 = min(n["pos"][1] for n in nodes)
+    x1 = max(n["pos"][0] + n["size"][0] for n in nodes)
+    y1 = max(n["pos"][1] + n["size"][1] for n in nodes)
+    scale = min((width - 24) / (x1 - x0), (height - 44) / (y1 - y0))
+    by_id = {n["id"]: n for n in nodes}
+
+    def at(node, dx, dy):
+        return (12 + (node["pos"][0] + dx - x0) * scale, 34 + (node["pos"][1] + dy - y0) * scale)
+
+    for _, source, _, target, _, _ in workflow["links"]:  # wires first, boxes on top
+        src, dst = by_id[source], by_id[target]
+        draw.line([at(src, src["size"][0], 20), at(dst, 0, 20)], fill=(150, 190, 120), width=2)
+    for node in nodes:
+        kind = "Note" if node["type"] in ("Note", "MarkdownNote") else (
+            "framecap" if node["type"].startswith("FrameCap") else "native")
+        left = 12 + (node["pos"][0] - x0) * scale
+        top = 34 + (node["pos"][1] - y0) * scale
+        box = (left, top, left + node["size"][0] * scale, top + node["size"][1] * scale)
+        draw.rectangle(box, fill=_COLORS[kind], outline=(200, 200, 200))
+        label = node.get("title") or node["type"].removeprefix("FrameCap")
+        draw.text((left + 3, top + 2), label[: max(4, int(node["size"][0] * scale / 6))], fill=(245, 245, 245))
+    return image
+
+
+def thumbnail_name(workflow_name: str) -> str:
+    """``framecap_x.json`` -> ``framecap_x.jpg``: the frontend asks /api/workflow_templates/<pack>/<name>.jpg."""
+    return workflow_name[: -len(".json")] + ".jpg"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
@@ -320,12 +371,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, builder in WORKFLOWS.items():
         text = render(builder)
         path = HERE / name
-        if args.check:
-            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        thumb = HERE / thumbnail_name(name)
+        if args.check:  # thumbnails: present (their bytes depend on the PIL version, their content is not checked)
+            if not path.is_file() or path.read_text(encoding="utf-8") != text or not thumb.is_file():
                 stale.append(name)
         else:
             path.write_text(text, encoding="utf-8")
-            print(f"wrote {path}")
+            render_thumbnail(json.loads(text), name[: -len(".json")]).save(thumb, quality=88)
+            print(f"wrote {path} and {thumb.name}")
     if stale:
         print(f"out of date: {', '.join(stale)}; run python workflows/build_workflows.py", file=sys.stderr)
         return 1
