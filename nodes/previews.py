@@ -10,11 +10,10 @@ alone would show one).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from framecap_core.schedule import NUM_TRAIN_TIMESTEPS
+if TYPE_CHECKING:  # torch loads when a sampler runs, not when ComfyUI imports the pack
+    import torch
 
 
 class PreviewCollector:
@@ -33,6 +32,10 @@ class PreviewCollector:
         return getattr(self.denoiser, name)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        from framecap_core.schedule import NUM_TRAIN_TIMESTEPS
+
         v = self.denoiser(x, t, frames)
         k, c, n, h, w = x.shape
         sigma = (t.float() / NUM_TRAIN_TIMESTEPS).to(x.device).view(k, 1, n, 1, 1)
@@ -46,6 +49,8 @@ class PreviewCollector:
     def strip(self, max_frames: int = 6) -> torch.Tensor | None:
         """``[1, C, 1, h, m*w]``: up to ``max_frames`` evenly spaced latent frames side by side (None before the
         first call), in the layout ComfyUI's previewers take (they show frame 0 of a video latent)."""
+        import torch
+
         if self.x0 is None:
             return None
         count = min(max_frames, self.num_latents)

@@ -62,6 +62,8 @@ def start_comfyui(comfy: Path, python: str, work: Path) -> tuple[subprocess.Pope
 
 
 APP = "(window.app ?? window.comfyAPI.app.app)"
+# The app object exists before the node definitions arrive; a workflow loaded earlier shows "missing nodes".
+READY = "(window.LiteGraph ?? window.comfyAPI?.litegraph?.LiteGraph)?.registered_node_types?.FrameCapSaveVideo"
 
 INSPECT = """async (wf) => {
   const app = __APP__;
@@ -84,8 +86,8 @@ INSPECT = """async (wf) => {
     overlaps.push({node: n.type, step: w.options?.step, step2: w.options?.step2, round: w.options?.round,
                    typed_33_becomes: w.value});
   }
-  const dialog = document.querySelector(".p-dialog");
-  return {notes, overlaps, dialog: dialog ? dialog.innerText : null};
+  const dialogs = Array.from(document.querySelectorAll(".p-dialog")).map(d => d.innerText).join("\\n");
+  return {notes, overlaps, dialog: dialogs || null};
 }""".replace("__APP__", APP)
 
 
@@ -102,8 +104,17 @@ def check(args) -> dict:
             browser = pw.chromium.launch(executable_path=args.chromium, headless=True)
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.goto(url)
-            page.wait_for_function(f"{APP}?.graph !== undefined", timeout=180_000)
+            page.wait_for_function(READY, timeout=300_000)
             page.wait_for_timeout(3000)
+            # The template browser opens on a first visit: its "framecap" category shows the workflows' cards.
+            try:
+                page.get_by_text("framecap", exact=True).first.click(timeout=10_000)
+                page.wait_for_timeout(3000)
+                page.screenshot(path=str(out / "template_browser.png"))
+            except Exception as exc:  # noqa: BLE001 - a frontend without the first-visit dialog
+                report["template_browser"] = f"not shown: {exc}"
+            page.keyboard.press("Escape")
+            page.wait_for_timeout(1000)
             for path in sorted((ROOT / "workflows").glob("*.json")):
                 wf = json.loads(path.read_text())
                 result = page.evaluate(INSPECT, wf)
@@ -114,18 +125,25 @@ def check(args) -> dict:
                                                if result["dialog"] and m["name"] in result["dialog"]]
                 report["workflows"][path.stem] = result
                 page.keyboard.press("Escape")
-                page.wait_for_timeout(500)
+                page.wait_for_timeout(1000)
+                page.screenshot(path=str(out / f"{path.stem}_canvas.png"))
             page.goto(f"{url}/api/workflow_templates/framecap/framecap_native_wan.jpg")
             page.screenshot(path=str(out / "thumbnail_native.png"))
             if args.run:
                 page.goto(url)
-                page.wait_for_function(f"{APP}?.graph !== undefined", timeout=180_000)
+                page.wait_for_function(READY, timeout=300_000)
+                page.wait_for_timeout(3000)
+                page.keyboard.press("Escape")
                 wf = json.loads((ROOT / "workflows" / f"{args.run}.json").read_text())
                 page.evaluate(f"async (wf) => {{ await {APP}.loadGraphData(wf); }}", wf)
                 page.keyboard.press("Escape")
                 page.evaluate(f"async () => {{ await {APP}.queuePrompt(0, 1); }}")
                 page.wait_for_function("document.querySelectorAll('video').length > 0", timeout=1_800_000)
                 page.wait_for_timeout(3000)
+                page.keyboard.press("Escape")
+                page.evaluate(f"() => {{ const app = {APP}; const n = app.graph._nodes.find(n => n.type === "
+                              "'FrameCapSaveVideo'); app.canvas.centerOnNode(n); app.canvas.setDirty(true, true); }}")
+                page.wait_for_timeout(2000)
                 page.screenshot(path=str(out / f"{args.run}_ran.png"))
                 report["run"] = {"workflow": args.run, "videos": page.evaluate(
                     "Array.from(document.querySelectorAll('video')).map(v => v.currentSrc || v.src)")}
