@@ -251,7 +251,7 @@ def _run_prompt(url: str, prompt: dict, timeout: float = 600, prompt_id: str | N
     prompt_id = prompt_id or _queue(url, prompt)
     deadline = time.time() + timeout
     while time.time() < deadline:
-        history = _get(f"{url}/history/{prompt_id}")
+        history = _get(f"{url}/history/{prompt_id}", timeout=120)  # a busy CPU server can answer slowly
         status = history.get(prompt_id, {}).get("status", {})
         if status.get("completed") is not None and status.get("status_str") in ("success", "error"):
             return history[prompt_id]
