@@ -60,7 +60,7 @@ def tiny_comfy_clip(seed: int = 0):
     import comfy.text_encoders.wan
     import torch
 
-    from framecap_core.tiny import tiny_spiece_model
+    from framecap_core.testing import tiny_spiece_model
 
     target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.wan.WanT5Tokenizer,
                                                     comfy.text_encoders.wan.te())
@@ -189,9 +189,9 @@ def check_vs_loader(work: Path) -> dict:
     from framecap_core.backend import WanDenoiser, denormalize_latents
     from framecap_core.models import load_transformer
     from framecap_core.pipeline import GenerationSettings, generate
+    from framecap_core.testing import WAN_LATENTS_MEAN, WAN_LATENTS_STD
     from framecap_core.text import TimelineContext
     from framecap_core.timeline import parse_timeline
-    from framecap_core.tiny import WAN_LATENTS_MEAN, WAN_LATENTS_STD
 
     files = write_models(work)
     config = work / "config"
@@ -237,7 +237,7 @@ def check_real_size(work: Path) -> dict:
     from framecap_core.attention import install_frame_level_attention
     from framecap_core.backend import WanDenoiser
     from framecap_core.convert import transformer_to_original_keys
-    from framecap_core.tiny import _randomize_zero_params
+    from framecap_core.testing import _randomize_zero_params
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
     from diffusers import WanTransformer3DModel

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from framecap_core.tiny import (
+from framecap_core.testing import (
     SINGLE_FILE_NAMES,
     make_tiny_transformer,
     make_tiny_vae,

@@ -291,7 +291,7 @@ def _write_native_models(root: Path) -> None:
     import torch
     from native_models import write_comfy_wan_files
 
-    from framecap_core.tiny import SINGLE_FILE_NAMES, make_tiny_text_encoder, write_comfy_umt5
+    from framecap_core.testing import SINGLE_FILE_NAMES, make_tiny_text_encoder, write_comfy_umt5
 
     write_comfy_wan_files(root / "models", dtype=torch.float16)
     write_comfy_umt5(make_tiny_text_encoder(), root / "models" / "text_encoders" / SINGLE_FILE_NAMES["umt5_fp8_scaled"])
