@@ -1,20 +1,30 @@
-"""Rebuild the bundled toy model ``framecap_core/toy_model`` from scratch (seeded, CPU, no downloads).
+"""Rebuild the bundled toy model ``framecap_core/toy_model`` (seeded, CPU, no downloads).
 
-Stages (each a function below; ``--stage`` runs one and the ones after it reuse what is on disk):
+The model has the shapes ComfyUI's native Wan2.1 loaders assume (head_dim 128, freq_dim 256, text_dim 4096, a VAE in
+Wan2.1's layout with 16 latent channels and Wan2.1's latent statistics), at toy width; see
+``framecap_core/comfy_files.py`` for the single files.
+
+Stages (each a function below; ``--stage`` starts at one and reuses what is on disk, ``--until`` stops after one):
 
 1. ``tokenizer``: a word-level tokenizer over the toy vocabulary (``framecap_core.toyworld.TOY_WORDS``); words
    outside it are dropped by its normalizer, so any prose (the offline prompt builder's captions) tokenizes into toy
    words. Saved as ``tokenizer.json``, loadable offline by ``transformers.AutoTokenizer``.
-2. ``text``: a small random ``UMT5EncoderModel`` (frozen, as Wan's is; distinct captions give distinct embeddings).
+2. ``text``: a small ``UMT5EncoderModel`` taught the toy grammar (:func:`pretrain_text_encoder`: every token's output
+   tells every attribute of its caption), then frozen, as Wan's is. Its 32 features are read as zero-padded to the
+   transformer's 4096 (``framecap_core.narrow_text``).
 3. ``vae``: a small ``AutoencoderKLWan`` trained on toy frames. Its temporal convolutions start as "per frame" (only
    the causal tap on the current frame is non-zero, time downsampling keeps the newest frame, time upsampling
    repeats it), so it is trained fast on single frames (``--vae-clip-steps N`` adds N steps on 5-frame clips so the
    temporal taps learn motion; 0 by default, so motion advances in 4-frame steps). Its residual branches start at
    zero, which with a small step size (1e-4) takes it off the mean-colour plateau in a few hundred steps; the shape's
-   pixels weigh more in the loss. Its ``latents_mean`` / ``latents_std`` are measured on the data.
+   pixels weigh more in the loss. It is then grown into Wan2.1's layout (:func:`grow_to_wan_layout`, decoder
+   fine-tuned ``--vae-decoder-steps``), its 8 latent channels exposed as 16 (:func:`widen_latent_channels`) and its
+   latent space mapped onto Wan2.1's fixed statistics (:func:`adopt_latent_statistics`). ``--vae-from`` reuses the
+   first part's result (``WORK/vae_trained``).
 4. ``data``: toy stories rendered into clips of 49 frames (13 latents), a manifest (JSON Lines, one clip per line)
    and the latent cache (``framecap_core.data.CacheWriter``: normalized latents and the clips' caption embeddings).
-5. ``train``: ``training/finetune.py`` (Diffusion Forcing, frame-level captions) from a random transformer.
+5. ``train``: ``training/finetune.py`` (Diffusion Forcing, frame-level captions) from a random transformer, or from a
+   previous toy model's (``--transformer-from``, :func:`transformer_from_previous`).
 6. ``assemble``: the diffusers folder (``model_index.json``, transformer, vae, text_encoder, tokenizer, scheduler,
    ``framecap.json``), safetensors only.
 
@@ -42,23 +52,35 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from framecap_core import toyworld as tw  # noqa: E402
+from framecap_core.comfy_files import embed_wan_vae_state  # noqa: E402
+from framecap_core.tiny import WAN_LATENTS_MEAN, WAN_LATENTS_STD  # noqa: E402
 
 STAGES = ("tokenizer", "text", "vae", "data", "train", "assemble")
 
 # ---------------------------------------------------------------------------------------------------------- sizes
 
 TEXT_LEN = 16  # tokens per caption: "a red circle moves left on a blue background" is 9 words + </s>
-TEXT_DIM = 32
-Z_DIM = 8
+TEXT_DIM = 32  # the toy text encoder's width; its features are zero-padded to the transformer's TRANSFORMER_TEXT_DIM
+Z_DIM = 8  # the latent channels the toy VAE is trained with (toy frames need no more) ...
+LATENT_CHANNELS = 16  # ... exposed as Wan2.1's 16 (each trained channel twice; see widen_latent_channels)
+# The shapes ComfyUI's model detection assumes for a Wan2.1 transformer (comfy/model_detection.py: num_heads =
+# dim // 128, freq_dim 256 and text_dim 4096 fixed), so the toy files load in its native loaders.
+HEAD_DIM = 128
+TRANSFORMER_TEXT_DIM = 4096
 CLIP_FRAMES = 49  # 13 latents
 WINDOW_LATENTS = 9  # training window: 33 frames
 VAE_CONFIG = dict(
     base_dim=8, z_dim=Z_DIM, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
     temperal_downsample=[False, True, True], dropout=0.0,
 )
+# Wan2.1's VAE layout (dim_mult [1, 2, 4, 4]: the shortcut convolutions sit where Wan's do), so the toy VAE embeds
+# exactly in the full-size layout ComfyUI's VAE loader builds (framecap_core.comfy_files). The VAE is first trained
+# in VAE_CONFIG's layout and then grown into this one (grow_to_wan_layout), which only the decoder needs relearning.
+WAN_DIM_MULT = [1, 2, 4, 4]
 TRANSFORMER_CONFIG = dict(
-    patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=Z_DIM, out_channels=Z_DIM,
-    text_dim=TEXT_DIM, freq_dim=64, ffn_dim=384, num_layers=4, cross_attn_norm=True,
+    patch_size=(1, 2, 2), num_attention_heads=1, attention_head_dim=HEAD_DIM, in_channels=LATENT_CHANNELS,
+    out_channels=LATENT_CHANNELS,
+    text_dim=TRANSFORMER_TEXT_DIM, freq_dim=256, ffn_dim=384, num_layers=4, cross_attn_norm=True,
     qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
 )
 TEXT_CONFIG = dict(
@@ -108,6 +130,62 @@ def make_text_encoder(vocab_size: int, seed: int = 0):
 
     torch.manual_seed(seed)
     return UMT5EncoderModel(UMT5Config(vocab_size=vocab_size, **TEXT_CONFIG)).eval()
+
+
+def all_captions() -> tuple[list[str], torch.Tensor]:
+    """Every toy caption (shape colour differs from the background) and its attributes as class indices
+    ``[N, 4]`` (shape, colour, background, motion)."""
+    captions, labels = [], []
+    for shape in tw.SHAPES:
+        for colour in tw.COLOURS:
+            for background in tw.BACKGROUNDS:
+                if background == colour:
+                    continue
+                for motion in tw.MOTIONS:
+                    captions.append(tw.caption(shape, colour, background, motion))
+                    labels.append([tw.SHAPES.index(shape), list(tw.COLOURS).index(colour),
+                                   tw.BACKGROUNDS.index(background), list(tw.MOTIONS).index(motion)])
+    return captions, torch.tensor(labels)
+
+
+def pretrain_text_encoder(encoder, tokenizer, *, steps: int = 400, seed: int = 0, lr: float = 3e-3, batch: int = 64):
+    """Teach the toy text encoder to read the toy grammar, as a real text encoder has learned its language: from
+    the output of EVERY token of a caption, linear probes must tell the caption's shape, shape colour, background and
+    motion. A random encoder mixes words mostly by position, so "a red circle ... on a blue background" and "a blue
+    circle ... on a red background" come out nearly alike and the video model must untangle word order itself (the
+    bundled model's colour / background confusions); after this, each token says which colour is the shape's.
+    Returns the encoder (eval mode, to be frozen) and the probes' accuracy on every caption."""
+    captions, labels = all_captions()
+    tokens = tokenizer(captions, padding="max_length", max_length=TEXT_LEN, return_tensors="pt")
+    ids, mask = tokens.input_ids, tokens.attention_mask
+    sizes = (len(tw.SHAPES), len(tw.COLOURS), len(tw.BACKGROUNDS), len(tw.MOTIONS))
+    torch.manual_seed(seed)
+    probes = torch.nn.ModuleList(torch.nn.Linear(encoder.config.d_model, n) for n in sizes)
+    opt = torch.optim.Adam([*encoder.parameters(), *probes.parameters()], lr=lr)
+    rng = np.random.default_rng(seed)
+
+    def logits(rows):
+        hidden = encoder(ids[rows], mask[rows]).last_hidden_state  # [B, TEXT_LEN, d_model]
+        return [probe(hidden) for probe in probes]  # each [B, TEXT_LEN, classes]
+
+    encoder.train()
+    for step in range(steps):
+        rows = torch.from_numpy(rng.integers(0, len(captions), batch))
+        keep = mask[rows].bool()
+        loss = sum(torch.nn.functional.cross_entropy(out[keep], labels[rows, a][:, None].expand_as(keep)[keep])
+                   for a, out in enumerate(logits(rows)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"text encoder step {step + 1}/{steps} loss {loss.item():.4f}")
+    encoder.eval()
+    with torch.no_grad():
+        rows = torch.arange(len(captions))
+        keep = mask.bool()
+        accuracy = min(float((out.argmax(-1) == labels[:, a][:, None])[keep].float().mean())
+                       for a, out in enumerate(logits(rows)))
+    return encoder, accuracy
 
 
 # ------------------------------------------------------------------------------------------------------------ VAE
@@ -194,14 +272,6 @@ def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
     return torch.cat(outs, dim=2)
 
 
-def _encode_decode_frames(vae, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and unclamped reconstruction of single frames ``x [B, 3, 1, H, W]``: the encoder and decoder
-    without their time caches, which for one frame is exactly ``encode`` / ``decode`` (zero padding in time meets
-    every causal tap but the current one) with none of the per-chunk bookkeeping."""
-    mu = vae.quant_conv(vae.encoder(x))[:, : vae.config.z_dim]
-    return mu, vae.decoder(vae.post_quant_conv(mu), first_chunk=True)
-
-
 def foreground_mask(x: torch.Tensor) -> torch.Tensor:
     """``x [B, 3, T, H, W]`` -> ``[B, 1, T, H, W]``, 1 where a pixel differs from its frame's corner pixel (toy frames
     are a flat background with one shape away from the corners)."""
@@ -209,17 +279,20 @@ def foreground_mask(x: torch.Tensor) -> torch.Tensor:
 
 
 def train_vae(vae, *, steps_image: int, steps_clip: int, seed: int = 0, lr: float = 1e-4, batch: int = 8,
-              pool: int = 1024, latent_weight: float = 1e-4, foreground_weight: float = 4.0):
+              pool: int = 1024, latent_weight: float = 1e-4, foreground_weight: float = 4.0,
+              decoder_only: bool = False):
     """Reconstruction of the posterior mean, first on single frames, then on 5-frame clips.
 
     The loss is a pixel MSE in which the shape's pixels weigh ``1 + foreground_weight``: a shape covers a few percent
     of a frame, and an unweighted MSE is content for a long time with a blurred one. Why these settings: the Wan
     VAE's channel-wise RMS norms make it sensitive to the step size — with zero-initialized residual branches
     (``make_vae``) a constant 1e-4 leaves the mean-colour plateau in ~400 steps, while 2e-4 takes ~1000 and 5e-4
-    or more stay on it. Frames come from a fixed pool drawn once (rendering is slower than a step of this model)."""
+    or more stay on it. Frames come from a fixed pool drawn once (rendering is slower than a step of this model).
+    ``decoder_only``: train the decoder (and ``post_quant_conv``) against the frozen encoder's latents."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    opt = torch.optim.Adam(vae.parameters(), lr=lr, betas=(0.9, 0.99))
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()] if decoder_only else vae.parameters()
+    opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99))
     frames = _to_input(_random_frames(rng, pool)[:, None])
     vae.train()
     total = steps_image + steps_clip
@@ -234,7 +307,12 @@ def train_vae(vae, *, steps_image: int, steps_clip: int, seed: int = 0, lr: floa
             group["lr"] = peak * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * tail)))
         if image_phase:
             x = frames[torch.from_numpy(rng.integers(0, pool, batch))]
-            mu, rec = _encode_decode_frames(vae, x)
+            # posterior mean and unclamped reconstruction of single frames [B, 3, 1, H, W]: encoder and decoder
+            # without their time caches, which for one frame is exactly encode / decode (zero padding in time meets
+            # every causal tap but the current one) with none of the per-chunk bookkeeping
+            with torch.set_grad_enabled(not decoder_only):
+                mu = vae.quant_conv(vae.encoder(x))[:, : vae.config.z_dim]
+            rec = vae.decoder(vae.post_quant_conv(mu), first_chunk=True)
         else:
             x = _to_input(_random_clips(rng, 4, 5))
             mu = vae.encode(x).latent_dist.mode()
@@ -253,6 +331,102 @@ def train_vae(vae, *, steps_image: int, steps_clip: int, seed: int = 0, lr: floa
             log(f"vae step {step + 1}/{total} ({'frames' if image_phase else 'clips'}) mse {mse.item():.5f} "
                 f"shape mse {fg_mse.item():.4f} ({time.time() - t0:.0f} s)")
     return vae.eval()
+
+
+@torch.no_grad()
+def grow_to_wan_layout(vae):
+    """``vae`` (``VAE_CONFIG``'s layout, dim_mult [1, 2, 2, 2]) in Wan2.1's layout (dim_mult [1, 2, 4, 4]) by
+    ``comfy_files.embed_wan_vae_state``: the deepest levels' channels double (zero-padded), and the encoder computes
+    exactly what it did. One decoder block cannot map exactly: its shortcut convolution (c -> 2c) has no place in
+    Wan's layout, where that block's shortcut is the identity. Its output ``u = W y + b`` is folded into the upsampler
+    before the block, so the identity shortcut carries exactly what the old one did, and its residual branch (which
+    cannot read ``y`` back through a norm over ``u``) restarts at zero — measured a closer start than reading it
+    through ``W``'s pseudo-inverse. The decoder is then fine-tuned (:func:`train_vae` with ``decoder_only``)."""
+    from diffusers import AutoencoderKLWan
+
+    config = {key: value for key, value in vae.config.items() if not key.startswith("_")}
+    target = {**config, "dim_mult": WAN_DIM_MULT}
+    out, leftovers = embed_wan_vae_state(vae.state_dict(), config, target)
+    old = vae.state_dict()
+    for key in leftovers:
+        if not (key.startswith("decoder.up_blocks.") and key.endswith(".resnets.0.conv_shortcut.weight")):
+            continue
+        block = key.removesuffix(".conv_shortcut.weight")  # decoder.up_blocks.{i}.resnets.0
+        up = f"decoder.up_blocks.{int(block.split('.')[2]) - 1}.upsamplers.0.resample.1"
+        w_sc, b_sc = old[key][:, :, 0, 0, 0], old[f"{block}.conv_shortcut.bias"]  # [2c, c], [2c]
+        folded = torch.einsum("oc,cihw->oihw", w_sc, old[f"{up}.weight"])  # [2c, C, 3, 3]
+        out[f"{up}.weight"].zero_()[:, : folded.shape[1]] = folded
+        out[f"{up}.bias"] = w_sc @ old[f"{up}.bias"] + b_sc
+        out[f"{block}.conv2.weight"].zero_()
+        out[f"{block}.conv2.bias"].zero_()
+    grown = AutoencoderKLWan(**target)
+    grown.load_state_dict(out)
+    return grown.eval()
+
+
+@torch.no_grad()
+def widen_latent_channels(vae, z_dim: int):
+    """The same autoencoder with ``z_dim`` latent channels (a multiple of ``vae``'s): every trained channel appears
+    ``z_dim / vae.z_dim`` times (the encoder writes each copy, the decoder reads their mean), so all ``z_dim`` channels
+    carry the signal and decoding a widened encoding is exactly decoding the original one. This gives the toy VAE
+    Wan2.1's 16 latent channels while training only the 8 that toy frames need.
+
+    ``vae``: ``AutoencoderKLWan``; returns a new one (``latents_mean`` / ``latents_std`` repeated likewise)."""
+    from diffusers import AutoencoderKLWan
+
+    z, k = vae.config.z_dim, z_dim // vae.config.z_dim
+    if k * z != z_dim:
+        raise ValueError(f"z_dim {z_dim} is not a multiple of the VAE's {z}")
+    config = {key: value for key, value in vae.config.items() if not key.startswith("_")}
+    wide = AutoencoderKLWan(**{**config, "z_dim": z_dim, "latents_mean": list(config["latents_mean"]) * k,
+                               "latents_std": list(config["latents_std"]) * k})
+    state = vae.state_dict()
+    # posterior channels are [mean (z), log-variance (z)]; widened: [mean x k, log-variance x k]
+    rows = torch.cat([torch.arange(z).repeat(k), z + torch.arange(z).repeat(k)])
+    first = torch.cat([torch.arange(z), k * z + torch.arange(z)])  # where the first copies sit among the 2kz inputs
+    new = dict(state)
+    new["encoder.conv_out.weight"] = state["encoder.conv_out.weight"][rows]
+    new["encoder.conv_out.bias"] = state["encoder.conv_out.bias"][rows]
+    wq = torch.zeros(2 * z_dim, 2 * z_dim, *state["quant_conv.weight"].shape[2:])
+    wq[:, first] = state["quant_conv.weight"][rows]  # each output reads the first copies
+    new["quant_conv.weight"], new["quant_conv.bias"] = wq, state["quant_conv.bias"][rows]
+    wp = torch.zeros(z_dim, z_dim, *state["post_quant_conv.weight"].shape[2:])
+    wp[:z] = state["post_quant_conv.weight"].repeat(1, k, 1, 1, 1) / k  # the mean of the copies
+    bp = torch.zeros(z_dim)
+    bp[:z] = state["post_quant_conv.bias"]
+    new["post_quant_conv.weight"], new["post_quant_conv.bias"] = wp, bp
+    wd = torch.zeros(state["decoder.conv_in.weight"].shape[0], z_dim, *state["decoder.conv_in.weight"].shape[2:])
+    wd[:, :z] = state["decoder.conv_in.weight"]
+    new["decoder.conv_in.weight"] = wd
+    wide.load_state_dict(new)
+    return wide.eval()
+
+
+@torch.no_grad()
+def adopt_latent_statistics(vae, mean, std, target_mean, target_std) -> None:
+    """Rescale ``vae``'s latent space in place so latents measured at per-channel ``mean`` / ``std`` come out at
+    ``target_mean`` / ``target_std`` (Wan2.1's fixed statistics, which ComfyUI's ``Wan21`` latent format assumes), and
+    register the targets as ``latents_mean`` / ``latents_std``. The map ``z' = a z + b`` is folded into the 1x1x1
+    ``quant_conv`` (posterior mean and log-variance) and undone in ``post_quant_conv``, so decoding and the normalized
+    latents ``(z' - target_mean) / target_std = (z - mean) / std`` are unchanged.
+
+    ``vae``: ``AutoencoderKLWan``; ``mean``, ``std``, ``target_mean``, ``target_std``: ``[z_dim]``."""
+    z = vae.config.z_dim
+    mean, std, target_mean, target_std = (torch.as_tensor(v, dtype=torch.float64) for v in
+                                          (mean, std, target_mean, target_std))
+    a = target_std / std
+    b = target_mean - a * mean
+    q, p = vae.quant_conv, vae.post_quant_conv
+    wq, bq = q.weight.double(), q.bias.double()  # [2z, 2z, 1, 1, 1], [2z]
+    wq[:z] *= a.view(-1, 1, 1, 1, 1)
+    bq[:z] = a * bq[:z] + b
+    bq[z:] += 2 * torch.log(a)  # the posterior's standard deviation scales with its mean
+    wp, bp = p.weight.double(), p.bias.double()  # [z, z, 1, 1, 1], [z]
+    bp -= (wp[:, :, 0, 0, 0] * (b / a).view(1, -1)).sum(1)
+    wp /= a.view(1, -1, 1, 1, 1)
+    for param, value in ((q.weight, wq), (q.bias, bq), (p.weight, wp), (p.bias, bp)):
+        param.copy_(value.to(param.dtype))
+    vae.register_to_config(latents_mean=[float(v) for v in target_mean], latents_std=[float(v) for v in target_std])
 
 
 @torch.no_grad()
@@ -349,6 +523,60 @@ def make_transformer(seed: int = 0, **overrides):
     return WanTransformer3DModel(**{**TRANSFORMER_CONFIG, **overrides})
 
 
+@torch.no_grad()
+def transformer_from_previous(folder: Path, encoder, tokenizer, seed: int = 0):
+    """A start for the transformer from a previous toy model (``folder``: 4 heads of 32, freq_dim 64, text_dim 32,
+    8 latent channels, a random text encoder), so a rebuild need not learn to draw toy frames again. Mapped exactly:
+    the timestep frequencies (the sinusoid of index i over 32 frequencies is index 4i over 128), the latent channels
+    (:func:`widen_latent_channels` repeats each one: the input weights are halved over the copies, the output rows
+    repeated) and everything of the same shape. Not exact: one head of 128 instead of four of 32 (same projections,
+    another attention and rotary split) and the new text encoder, whose features the text projection is refit to by
+    least squares (new features -> what the old projection made of the old encoder's features, over every toy
+    caption's tokens)."""
+    from diffusers import WanTransformer3DModel
+    from transformers import UMT5EncoderModel
+
+    from framecap_core.text import encode_captions
+
+    old = WanTransformer3DModel.from_pretrained(str(folder / "transformer")).eval()
+    new = make_transformer(seed)
+    src, out = old.state_dict(), new.state_dict()
+    for key, value in src.items():
+        if key in out and out[key].shape == value.shape:
+            out[key] = value.clone()
+    # timestep sinusoids: [cos(f_i t)..., sin(f_i t)...] with f_i = 10000^(-i / half)
+    w_old = src["condition_embedder.time_embedder.linear_1.weight"]  # [dim, 2 * h_old]
+    h_old, h_new = w_old.shape[1] // 2, out["condition_embedder.time_embedder.linear_1.weight"].shape[1] // 2
+    step = h_new // h_old
+    w = torch.zeros_like(out["condition_embedder.time_embedder.linear_1.weight"])
+    w[:, 0:h_new:step], w[:, h_new::step] = w_old[:, :h_old], w_old[:, h_old:]
+    out["condition_embedder.time_embedder.linear_1.weight"] = w
+    # latent channels: each old channel c is now channels c and c + C (equal once normalized)
+    c_old, c_new = old.config.in_channels, new.config.in_channels
+    k = c_new // c_old
+    out["patch_embedding.weight"] = src["patch_embedding.weight"].repeat(1, k, 1, 1, 1) / k
+    positions = src["proj_out.weight"].shape[0] // c_old  # rows are [patch position, channel]
+    out["proj_out.weight"] = src["proj_out.weight"].view(positions, 1, c_old, -1).expand(
+        positions, k, c_old, -1).reshape(positions * c_new, -1).clone()
+    out["proj_out.bias"] = src["proj_out.bias"].view(positions, 1, c_old).expand(positions, k, c_old).reshape(-1)
+    # the text projection, refit to the new encoder's features
+    old_encoder = UMT5EncoderModel.from_pretrained(str(folder / "text_encoder")).eval()
+    captions = [*all_captions()[0], ""]
+    f_old = encode_captions(old_encoder, tokenizer, captions, text_len=TEXT_LEN)
+    f_new = encode_captions(encoder, tokenizer, captions, text_len=TEXT_LEN)
+    keep = f_new.abs().sum(-1) > 0
+    w1, b1 = src["condition_embedder.text_embedder.linear_1.weight"], src["condition_embedder.text_embedder.linear_1.bias"]
+    target = f_old[keep] @ w1.T  # [tokens, dim]
+    x = torch.cat([f_new[keep], torch.ones(int(keep.sum()), 1)], dim=1)
+    solution = torch.linalg.lstsq(x, target).solution  # [d + 1, dim]
+    w1_new = torch.zeros_like(out["condition_embedder.text_embedder.linear_1.weight"])
+    w1_new[:, : f_new.shape[-1]] = solution[:-1].T
+    out["condition_embedder.text_embedder.linear_1.weight"] = w1_new
+    out["condition_embedder.text_embedder.linear_1.bias"] = b1 + solution[-1]
+    new.load_state_dict(out)
+    return new
+
+
 def folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -361,7 +589,7 @@ def train_config(work: Path, steps: int, seed: int, *, cache: str = "cache", out
     config = {
         "base_model": str(work / "base"), "cache_dir": str(work / cache), "output_dir": str(work / out),
         "height": 64, "width": 64, "text_len": text_len, "window_latents": WINDOW_LATENTS, "max_steps": steps,
-        "batch_size": 16, "learning_rate": 1e-3, "lr_schedule": "cosine", "lr_warmup_steps": 100,
+        "batch_size": 16, "learning_rate": 1e-3, "lr_schedule": "cosine", "lr_warmup_steps": min(100, steps // 10),
         "weight_decay": 0.01, "max_grad_norm": 1.0, "seed": seed, "df_step_size_range": [0.0, 0.1],
         "df_zero_step_prob": 0.3, "df_shift": 3.0, "caption_dropout": 0.1, "checkpoint_every": max(steps // 2, 1), "keep_checkpoints": 1,
         "report_to": "none", "export_format": "diffusers", "log_every": 50, **extra,
@@ -395,67 +623,98 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "framecap_core" / "toy_model"))
     parser.add_argument("--work", default=str(ROOT / "runs" / "toy_build"))
     parser.add_argument("--stage", choices=STAGES, default="tokenizer", help="start at this stage")
+    parser.add_argument("--until", choices=STAGES, default=STAGES[-1], help="stop after this stage")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--clips", type=int, default=256)
+    parser.add_argument("--clips", type=int, default=512)
     parser.add_argument("--vae-image-steps", type=int, default=3000)
     parser.add_argument("--vae-clip-steps", type=int, default=0)
-    parser.add_argument("--train-steps", type=int, default=3000)
+    parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--transformer-from", help="a previous toy model folder to start the transformer from "
+                        "(transformer_from_previous) instead of a random one")
+    parser.add_argument("--vae-decoder-steps", type=int, default=250,
+                        help="decoder fine-tuning steps after growing the VAE into Wan2.1's layout")
+    parser.add_argument("--vae-from", help="the vae stage's first VAE (runs/.../vae_trained, same --seed and "
+                        "--vae-*-steps) to reuse instead of training it again")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
-    start = STAGES.index(args.stage)
+    first, last = STAGES.index(args.stage), STAGES.index(args.until)
+
+    def runs(stage: str) -> bool:
+        return first <= STAGES.index(stage) <= last
+
     t_all = time.time()
     from diffusers import AutoencoderKLWan
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     # 1-2. tokenizer and text encoder
-    if start <= STAGES.index("text"):
+    if runs("text"):
         tokenizer = make_tokenizer()
         tokenizer.save_pretrained(work / "tokenizer")
-        make_text_encoder(len(tokenizer), args.seed).save_pretrained(work / "text_encoder", safe_serialization=True)
-        log(f"tokenizer ({len(tokenizer)} words) and text encoder written")
-    tokenizer = AutoTokenizer.from_pretrained(str(work / "tokenizer"))
-    encoder = UMT5EncoderModel.from_pretrained(str(work / "text_encoder")).eval()
+        encoder, accuracy = pretrain_text_encoder(make_text_encoder(len(tokenizer), args.seed), tokenizer,
+                                                  seed=args.seed)
+        encoder.save_pretrained(work / "text_encoder", safe_serialization=True)
+        log(f"tokenizer ({len(tokenizer)} words) and text encoder written (every token tells every attribute: "
+            f"{accuracy:.1%} of tokens right)")
 
     # 3. VAE
-    if start <= STAGES.index("vae"):
+    if runs("vae"):
         t0 = time.time()
-        vae = train_vae(make_vae(args.seed), steps_image=args.vae_image_steps, steps_clip=args.vae_clip_steps,
-                        seed=args.seed)
+        if args.vae_from:  # a VAE trained by this stage before (same seed and steps): skip the slowest part
+            vae = AutoencoderKLWan.from_pretrained(args.vae_from).eval()
+            log(f"VAE taken from {args.vae_from}")
+        else:
+            vae = train_vae(make_vae(args.seed), steps_image=args.vae_image_steps, steps_clip=args.vae_clip_steps,
+                            seed=args.seed)
+            vae.save_pretrained(work / "vae_trained", safe_serialization=True)
+        if list(vae.config.dim_mult) != WAN_DIM_MULT:
+            vae = train_vae(grow_to_wan_layout(vae), steps_image=args.vae_decoder_steps, steps_clip=0,
+                            seed=args.seed + 3, decoder_only=True)
+        vae = widen_latent_channels(vae, LATENT_CHANNELS)
         stories = make_dataset(16, args.seed + 1)
         z = vae_latents(vae, np.stack([tw.render_story(s) for s in stories]))
         mean = z.mean(dim=(0, 2, 3, 4)).tolist()
         std = z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3).tolist()
-        vae.register_to_config(latents_mean=[round(m, 5) for m in mean], latents_std=[round(s, 5) for s in std])
+        adopt_latent_statistics(vae, mean, std, WAN_LATENTS_MEAN, WAN_LATENTS_STD)
         vae.save_pretrained(work / "vae", safe_serialization=True)
-        log(f"VAE trained in {time.time() - t0:.0f} s; latents mean {np.round(mean, 2)} std {np.round(std, 2)}")
+        log(f"VAE ready in {time.time() - t0:.0f} s; measured latents mean {np.round(mean, 2)} std "
+            f"{np.round(std, 2)}, mapped onto Wan2.1's")
+    if last <= STAGES.index("vae"):
+        return 0
+    tokenizer = AutoTokenizer.from_pretrained(str(work / "tokenizer"))
+    encoder = UMT5EncoderModel.from_pretrained(str(work / "text_encoder")).eval()
     vae = AutoencoderKLWan.from_pretrained(str(work / "vae")).eval()
 
     # 4. dataset, manifest, latent cache, and the base folder training starts from
-    if start <= STAGES.index("data"):
+    if runs("data"):
         t0 = time.time()
         stories = make_dataset(args.clips, args.seed + 2)
         write_manifest(stories, work / "manifest.jsonl", args.seed + 2)
         write_cache(stories, work / "cache", vae, encoder, tokenizer)
-        save_folder(work / "base", transformer=make_transformer(args.seed), vae=vae, text_encoder=encoder,
-                    tokenizer=tokenizer)
+        start_from = (transformer_from_previous(Path(args.transformer_from), encoder, tokenizer, args.seed)
+                      if args.transformer_from else make_transformer(args.seed))
+        save_folder(work / "base", transformer=start_from, vae=vae, text_encoder=encoder, tokenizer=tokenizer)
         log(f"dataset of {len(stories)} clips cached in {time.time() - t0:.0f} s")
 
     # 5. fine-tuning with training/finetune.py
-    if start <= STAGES.index("train"):
+    if runs("train"):
         t0 = time.time()
         if (work / "train").exists():
             shutil.rmtree(work / "train")
         run_finetune(train_config(work, args.train_steps, args.seed), args.threads)
         log(f"transformer trained in {time.time() - t0:.0f} s")
 
+    if last < STAGES.index("assemble"):
+        return 0
     # 6. the bundled folder
     transformer = load_exported_transformer(work / "train" / "framecap_transformer.safetensors")
     build = {"seed": args.seed, "clips": args.clips, "vae_image_steps": args.vae_image_steps,
-             "vae_clip_steps": args.vae_clip_steps, "train_steps": args.train_steps}
+             "vae_clip_steps": args.vae_clip_steps, "vae_decoder_steps": args.vae_decoder_steps,
+             "transformer_from": "previous toy model" if args.transformer_from else None,
+             "train_steps": args.train_steps}
     save_folder(out, transformer=transformer, vae=vae, text_encoder=encoder, tokenizer=tokenizer, build=build)
     log(f"toy model written to {out} ({folder_size(out) / 1e6:.1f} MB) in {time.time() - t_all:.0f} s")
     return 0

@@ -11,6 +11,7 @@ import torch
 
 from ..convert import shared_prefix, transformer_to_diffusers_keys, vae_to_diffusers_keys
 from ..errors import ModelLoadError
+from ..narrow_text import accept_narrow_text
 from .devices import resolve_device, resolve_dtype
 from .files import (
     _TEXT_PREFIXES,
@@ -53,6 +54,7 @@ def load_transformer(
             raise ModelLoadError(f"diffusion_pytorch_model.safetensors not found in {sub}.")
         model = load_pretrained_folder(WanTransformer3DModel.from_pretrained, sub, "transformer", torch_dtype=dt,
                                        use_safetensors=True)
+        accept_narrow_text(model)
         return model.to(dev).eval()
     state, _ = read_safetensors(path, "transformer")
     state = transformer_to_diffusers_keys(state)
@@ -63,6 +65,7 @@ def load_transformer(
         WanTransformer3DModel, cfg, state, dtype=dt, what="transformer", path=path,
         keep_fp32=WanTransformer3DModel._keep_in_fp32_modules, from_config=WanTransformer3DModel.from_config,
     )
+    accept_narrow_text(model)
     return model.to(dev)
 
 
