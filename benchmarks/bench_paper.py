@@ -99,7 +99,7 @@ def train_video_level(work: Path, steps: int, clips: int, threads: int, seed: in
     """The video-level baseline: the toy build's data and training, one caption (the story) per clip."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import build_toy_model as build
-    from diffusers import AutoencoderKLWan
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     from framecap_core.models import TOY_MODEL_DIR
@@ -114,7 +114,10 @@ def train_video_level(work: Path, steps: int, clips: int, threads: int, seed: in
     vae = AutoencoderKLWan.from_pretrained(str(TOY_MODEL_DIR / "vae")).eval()
     stories = build.make_dataset(clips, seed + 2)  # the bundled model's training stories
     build.write_cache(stories, work / "cache_global", vae, enc, tok, global_captions=True)
-    build.save_folder(work / "base", transformer=build.make_transformer(seed), vae=vae, text_encoder=enc,
+    # the bundled transformer's shapes (the build script's current config may be newer than the bundled model)
+    config = {k: v for k, v in WanTransformer3DModel.load_config(str(TOY_MODEL_DIR / "transformer")).items()
+              if not k.startswith("_")}
+    build.save_folder(work / "base", transformer=build.make_transformer(seed, **config), vae=vae, text_encoder=enc,
                       tokenizer=tok, text_len=4 * build.TEXT_LEN)
     cfg = build.train_config(work, steps, seed, cache="cache_global", out=out, text_len=4 * build.TEXT_LEN)
     build.run_finetune(cfg, threads)

@@ -85,7 +85,8 @@ def main(argv=None) -> int:
             print(f"[{time.time() - t0:.0f} s] story {args.first_seed + i}: "
                   + ", ".join(f"{k} {v:.2f}" for k, v in rows[-1].items()), file=sys.stderr)
     keys = (*ATTRIBUTES, "all")
-    print(f"\nHeld-out toy stories {args.first_seed}..{args.first_seed + args.stories - 1} (65 frames, 2-3 scenes), "
+    kind = "Held-out toy stories" if args.first_seed >= HELD_OUT_SEED else "Toy stories (NOT held-out seeds)"
+    print(f"\n{kind} {args.first_seed}..{args.first_seed + args.stories - 1} (65 frames, 2-3 scenes), "
           f"share of frames right, mean over stories (std across stories)\n")
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))

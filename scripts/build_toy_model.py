@@ -1,8 +1,10 @@
-"""Rebuild the bundled toy model ``framecap_core/toy_model`` (seeded, CPU, no downloads).
+"""Build the toy model into ``framecap_core/toy_model`` (seeded, CPU, no downloads).
 
 The model has the shapes ComfyUI's native Wan2.1 loaders assume (head_dim 128, freq_dim 256, text_dim 4096, a VAE in
 Wan2.1's layout with 16 latent channels and Wan2.1's latent statistics), at toy width; see
-``framecap_core/comfy_files.py`` for the single files.
+``framecap_core/comfy_files.py`` for the single files. The bundled model predates these shapes (this script's
+previous version: a random text encoder, 4 heads of 32, 8 latent channels, 256 clips, 3000 steps); the README says
+why it has not been replaced yet.
 
 Stages (each a function below; ``--stage`` starts at one and reuses what is on disk, ``--until`` stops after one):
 
@@ -53,7 +55,7 @@ import torch  # noqa: E402
 
 from framecap_core import toyworld as tw  # noqa: E402
 from framecap_core.comfy_files import embed_wan_vae_state  # noqa: E402
-from framecap_core.tiny import WAN_LATENTS_MEAN, WAN_LATENTS_STD  # noqa: E402
+from framecap_core.testing import WAN_LATENTS_MEAN, WAN_LATENTS_STD  # noqa: E402
 
 STAGES = ("tokenizer", "text", "vae", "data", "train", "assemble")
 
