@@ -1,9 +1,10 @@
-"""Timeline nodes: a story -> frame-level captions (Gemini or offline), and a hand-written timeline."""
+"""Timeline nodes: a story -> frame-level captions (offline, Gemini or a local LLM server), and a hand-written
+timeline."""
 
 from __future__ import annotations
 
 from framecap_core.errors import TimelineError
-from framecap_core.prompting import BACKENDS, DEFAULT_MODEL, build_timeline
+from framecap_core.prompting import DEFAULT_BASE_URL, DEFAULT_MODEL, DEFAULT_OPENAI_MODEL, build_timeline
 from framecap_core.timeline import DEFAULT_FPS, Timeline, frames_for_seconds, parse_timeline
 
 CATEGORY = "FrameCap"
@@ -26,6 +27,10 @@ _FPS = ("INT", {"default": DEFAULT_FPS, "min": 1, "max": 60, "step": 1,
                 "tooltip": "Frames per second of the video (Wan2.1 is trained at 16)."})
 
 
+# Offline first: a new node runs without a key, a network or a server.
+BACKEND_CHOICES = ("offline", "gemini", "openai")
+
+
 class FrameCapPromptBuilder:
     """Story -> frame-level captions."""
 
@@ -33,8 +38,10 @@ class FrameCapPromptBuilder:
         "Turns a short story into a timeline of frame-level captions: scenes with exact start and end frames and "
         "one standalone caption each. Backend 'offline' is a deterministic splitter that needs no key or network; "
         "'gemini' asks Google Gemini and reads the API key ONLY from the GEMINI_API_KEY or GOOGLE_API_KEY "
-        "environment variable (never from a widget, so it never lands in a saved workflow). Outputs the timeline "
-        "and its JSON so you can read it, copy it into a Timeline node and edit it."
+        "environment variable (never from a widget, so it never lands in a saved workflow); 'openai' asks an "
+        "OpenAI-compatible LLM server you run (Ollama, LM Studio, llama.cpp, vLLM) at openai_base_url, with "
+        "openai_model (a key, if the server wants one, only from OPENAI_API_KEY). Outputs the timeline and its JSON "
+        "so you can read it, copy it into a Timeline node and edit it."
     )
     CATEGORY = CATEGORY
     FUNCTION = "build"
@@ -50,18 +57,35 @@ class FrameCapPromptBuilder:
                                      "tooltip": "What should happen in the video, in plain sentences."}),
                 "seconds": _SECONDS,
                 "fps": _FPS,
-                "backend": (list(reversed(BACKENDS)), {"default": "offline",
+                "backend": (list(BACKEND_CHOICES), {"default": "offline",
                             "tooltip": "offline: deterministic sentence splitter, no key, no network. gemini: "
                                        "Google Gemini (set GEMINI_API_KEY or GOOGLE_API_KEY in the environment "
-                                       "ComfyUI runs in)."}),
+                                       "ComfyUI runs in). openai: an OpenAI-compatible server you run (Ollama, "
+                                       "LM Studio, llama.cpp, vLLM) at openai_base_url."}),
                 "gemini_model": ("STRING", {"default": DEFAULT_MODEL,
                                             "tooltip": "Gemini model name (used by the gemini backend only)."}),
-            }
+            },
+            # Optional so that workflows saved before the openai backend still load and run unchanged.
+            "optional": {
+                "openai_base_url": ("STRING", {"default": DEFAULT_BASE_URL,
+                                               "tooltip": "The OpenAI-compatible server's URL up to /v1 (openai "
+                                                          "backend only): Ollama http://127.0.0.1:11434/v1, LM "
+                                                          "Studio http://127.0.0.1:1234/v1, llama.cpp "
+                                                          "http://127.0.0.1:8080/v1, vLLM http://127.0.0.1:8000/v1."}),
+                "openai_model": ("STRING", {"default": DEFAULT_OPENAI_MODEL,
+                                            "tooltip": "The model as the server names it (openai backend only), "
+                                                       "e.g. qwen2.5:7b in Ollama; it should support JSON-schema "
+                                                       "structured output."}),
+            },
         }
 
-    def build(self, story, seconds, fps, backend, gemini_model):
-        timeline = build_timeline(story, seconds=float(seconds), fps=int(fps), backend=backend,
-                                  model=(gemini_model or DEFAULT_MODEL).strip())
+    def build(self, story, seconds, fps, backend, gemini_model, openai_base_url=None, openai_model=None):
+        if backend == "openai":
+            model, base_url = (openai_model or DEFAULT_OPENAI_MODEL).strip(), (openai_base_url or "").strip() or None
+        else:
+            model, base_url = (gemini_model or DEFAULT_MODEL).strip(), None
+        timeline = build_timeline(story, seconds=float(seconds), fps=int(fps), backend=backend, model=model,
+                                  base_url=base_url)
         return (timeline, timeline.to_json())
 
 

@@ -1,8 +1,9 @@
 """A local stand-in for the Gemini REST API, for tests that run the real ``google-genai`` client.
 
-It listens on 127.0.0.1 on a free port, records every request (path, headers, JSON body) and answers each call with
-the next scripted *step*; when the script runs out it repeats ``default`` (or answers 500 if there is none, so a
-test that calls more often than planned fails loudly instead of hanging).
+The scripted server of :mod:`fake_http` with Gemini's answers and request view: it listens on 127.0.0.1 on a free
+port, records every request (path, headers, JSON body) and answers each call with the next scripted *step*; when
+the script runs out it repeats ``default`` (or answers 500 if there is none, so a test that calls more often than
+planned fails loudly instead of hanging).
 
 Usage::
 
@@ -32,14 +33,15 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from fake_http import FakeServer, raw
+from fake_http import RecordedRequest as _Request
+from fake_http import delayed as _delayed
 
 __all__ = [
     "FakeGemini",
+    "annotation_answer",
     "auto_annotation",
     "RecordedRequest",
     "blocked",
@@ -131,49 +133,34 @@ def empty() -> dict[str, Any]:
     return {"status": 200, "body": {"candidates": []}}
 
 
-def raw(body: bytes | str, status: int = 200, content_type: str = "text/html") -> dict[str, Any]:
-    """A non-JSON HTTP body (a proxy's HTML error page, a truncated answer)."""
-    return {"status": status, "raw": body.encode() if isinstance(body, str) else body, "content_type": content_type}
+def annotation_answer(n: int, shared: int = 1, caption: str = "A test subject in a test room, medium shot, eye level"):
+    """A valid annotation of ``n`` frames whose segments each share one caption over ``shared`` consecutive frames
+    (``"<caption>, frames 0-1."``), plus a video caption naming the frame count."""
+    spans = [(i, min(n, i + shared) - 1) for i in range(0, n, shared)]
+    segments = [{"first_frame": a, "last_frame": b, "caption": f"{caption}, frames {a}-{b}."} for a, b in spans]
+    return {"segments": segments, "video_caption": f"{caption}, {n} frames."}
 
 
 def auto_annotation(shared: int = 1, caption: str = "A test subject in a test room, medium shot, eye level") -> Any:
     """A step (use it as ``default``) that annotates whatever frames a request holds: it counts the images and
-    answers a valid annotation whose segments each share one caption over ``shared`` consecutive frames
-    (``"<caption>, frames 0-1."``), plus a video caption naming the frame count."""
+    answers :func:`annotation_answer` for them."""
 
     def answer(request: RecordedRequest) -> dict[str, Any]:
-        n = len(request.images())
-        segments = [
-            {
-                "first_frame": i,
-                "last_frame": min(n, i + shared) - 1,
-                "caption": f"{caption}, frames {i}-{min(n, i + shared) - 1}.",
-            }
-            for i in range(0, n, shared)
-        ]
-        return reply_json({"segments": segments, "video_caption": f"{caption}, {n} frames."})
+        return reply_json(annotation_answer(len(request.images()), shared, caption))
 
     return answer
 
 
 def delayed(seconds: float, step: dict[str, Any] | None = None) -> dict[str, Any]:
     """``step`` (default: an empty JSON object answer) sent after ``seconds``."""
-    step = dict(step or reply_json({}))
-    step["delay"] = seconds
-    return step
+    return _delayed(seconds, step or reply_json({}))
 
 
 # -- recorded requests ------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RecordedRequest:
-    method: str
-    path: str
-    headers: dict[str, str]  # lower-case names
-    body: Any  # parsed JSON (None if the body was empty or not JSON)
-    raw: bytes = field(repr=False, default=b"")
-
+class RecordedRequest(_Request):
+    """A recorded ``generateContent`` request with accessors for Gemini's fields."""
     def _parts(self) -> list[dict[str, Any]]:
         contents = (self.body or {}).get("contents", [])
         return [part for content in contents for part in content.get("parts", [])]
@@ -218,114 +205,11 @@ class RecordedRequest:
 # -- server -----------------------------------------------------------------------------------------------------------
 
 
-class FakeGemini:
+class FakeGemini(FakeServer):
     """Scripted local Gemini server (see the module docstring). Use as a context manager or call start/stop."""
 
-    def __init__(self, steps: Iterable[Any] = (), *, default: Any = None) -> None:
-        self._steps: list[Any] = list(steps)
-        self.default = default
-        self.requests: list[RecordedRequest] = []
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+    request_type = RecordedRequest
+    name = "fake-gemini"
 
-    # -- control ----------------------------------------------------------------------------------------------------
-
-    def script(self, *steps: Any) -> FakeGemini:
-        """Append steps to the script."""
-        with self._lock:
-            self._steps.extend(steps)
-        return self
-
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None, "start the server first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    @property
-    def calls(self) -> int:
-        return len(self.requests)
-
-    def start(self) -> FakeGemini:
-        handler = _make_handler(self)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-gemini", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()  # wake handlers sleeping in a delay
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeGemini:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-    # -- internals --------------------------------------------------------------------------------------------------
-
-    def _next_step(self, request: RecordedRequest) -> dict[str, Any]:
-        with self._lock:
-            self.requests.append(request)
-            if self._steps:
-                step = self._steps.pop(0)
-            elif self.default is not None:
-                step = self.default
-            else:
-                step = error(500, f"fake Gemini: no scripted answer left for call {len(self.requests)}")
-        if callable(step):
-            step = step(request)
-        return step
-
-
-def _make_handler(fake: FakeGemini) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence the default stderr log
-            pass
-
-        def _handle(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                body = None
-            request = RecordedRequest(
-                method=self.command,
-                path=self.path,
-                headers={k.lower(): v for k, v in self.headers.items()},
-                body=body,
-                raw=raw,
-            )
-            step = fake._next_step(request)
-            if step.get("delay"):
-                if fake._stopping.wait(step["delay"]):
-                    return
-            payload = step["raw"] if "raw" in step else json.dumps(step.get("body", {})).encode("utf-8")
-            try:
-                self.send_response(int(step.get("status", 200)))
-                self.send_header("Content-Type", step.get("content_type", "application/json; charset=UTF-8"))
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up (timeout) before the answer
-
-        do_POST = _handle
-        do_GET = _handle
-
-    return Handler
+    def exhausted(self, call: int) -> dict[str, Any]:
+        return error(500, f"fake Gemini: no scripted answer left for call {call}")

@@ -429,3 +429,28 @@ def test_prompt_builder_gemini_reads_the_key_from_the_environment_only(monkeypat
     assert [(s.start, s.end) for s in timeline.scenes] == [(0, 41), (41, 81)]
     assert server.requests[0].path.endswith("/models/gemini-2.5-flash:generateContent")
     assert key not in text and key not in repr(timeline.to_dict())
+
+
+def test_prompt_builder_offers_the_openai_backend_and_asks_the_server(monkeypatch):
+    import fake_http
+    from fake_openai import FakeOpenAI, reply_json
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    foreign = fake_http.local_only(monkeypatch)
+    node = MAPPINGS["FrameCapPromptBuilder"]
+    spec = node.INPUT_TYPES()
+    assert spec["required"]["backend"][0] == ["offline", "gemini", "openai"]
+    assert spec["required"]["backend"][1]["default"] == "offline"
+    assert set(spec["optional"]) == {"openai_base_url", "openai_model"}
+    assert all(options.get("tooltip") for _, options in spec["optional"].values())
+    answer = {"scenes": [{"start": 0, "end": 2.5, "caption": "A paper boat floats down a rainy street."},
+                         {"start": 2.5, "end": 5, "caption": "A child in a yellow raincoat picks up the boat."}]}
+    with FakeOpenAI([reply_json(answer)]) as server:
+        timeline, text = node().build("A paper boat in the rain; a child picks it up.", 5.0, 16, "openai",
+                                      "gemini-2.5-pro", openai_base_url=f" {server.url} ", openai_model=" qwen2.5:14b ")
+    assert [(s.start, s.end, s.caption) for s in timeline.scenes] == [
+        (0, 41, answer["scenes"][0]["caption"]), (41, 81, answer["scenes"][1]["caption"])]
+    assert json.loads(text) == timeline.to_dict()
+    assert server.requests[0].path == "/v1/chat/completions" and server.requests[0].model == "qwen2.5:14b"
+    assert foreign == []
+

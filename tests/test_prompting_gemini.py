@@ -8,6 +8,7 @@ import logging
 import socket
 import time
 
+import fake_http
 import numpy as np
 import pytest
 from fake_gemini import (
@@ -22,6 +23,7 @@ from fake_gemini import (
     reply_json,
     reply_text,
 )
+from llm_answers import ANNOTATION, GOOD, GOOD_TIMELINE, STORY, frames
 from PIL import Image
 
 from framecap_core.cli import main
@@ -38,23 +40,6 @@ from framecap_core.prompting import (
 from framecap_core.prompting.templates import annotation_system_instruction
 
 KEY = "fake-key-Zq81x7Lm3Vb9"
-STORY = "A paper boat floats down a rainy street. Then a child in a yellow raincoat picks it up."
-GOOD = {
-    "scenes": [
-        {"start": 0, "end": 2.5, "caption": "A small white paper boat floats down a rainy street, wide shot."},
-        {"start": 2.5, "end": 5, "caption": "A child in a yellow raincoat picks up the paper boat, close-up."},
-    ]
-}
-# 5 s at 16 fps = 81 frames; the 2.5 s boundary (frame 40) moves to the nearest latent start, 4 * 11 - 3 = 41.
-GOOD_TIMELINE = {
-    "fps": 16,
-    "num_frames": 81,
-    "negative": "",
-    "scenes": [
-        {"start": 0, "end": 41, "caption": GOOD["scenes"][0]["caption"]},
-        {"start": 41, "end": 81, "caption": GOOD["scenes"][1]["caption"]},
-    ],
-}
 
 
 @pytest.fixture(autouse=True)
@@ -63,16 +48,7 @@ def local_only(monkeypatch):
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     monkeypatch.delenv("GOOGLE_GEMINI_BASE_URL", raising=False)
-    real = socket.getaddrinfo
-    foreign: list[str] = []
-
-    def guarded(host, *args, **kwargs):
-        if host not in ("127.0.0.1", "localhost", b"127.0.0.1"):
-            foreign.append(host)
-            raise socket.gaierror(f"test: no network to {host}")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", guarded)
+    foreign = fake_http.local_only(monkeypatch)
     yield
     assert foreign == [], f"tried to reach {foreign}"
 
@@ -350,20 +326,6 @@ def test_parse_story_answer_snaps_truncates_and_accepts_small_drift():
 
 
 # -- annotation -------------------------------------------------------------------------------------------------------
-
-
-def frames(n):
-    rng = np.random.default_rng(0)
-    return [rng.integers(0, 255, size=(48, 64, 3), dtype=np.uint8) for _ in range(n)]
-
-
-ANNOTATION = {
-    "segments": [
-        {"first_frame": 0, "last_frame": 1, "caption": "A grey cat sleeps on a sofa, medium shot, eye level."},
-        {"first_frame": 2, "last_frame": 2, "caption": "A grey cat jumps off a sofa, wide shot, low angle."},
-    ],
-    "video_caption": "A grey cat wakes up and jumps off a sofa.",
-}
 
 
 def test_annotate_frames_sends_images_and_expands_shared_captions(server):

@@ -1,4 +1,5 @@
-"""``framecap prompt``: turn a story into a timeline of frame-level captions (Gemini or the offline splitter)."""
+"""``framecap prompt``: turn a story into a timeline of frame-level captions (Gemini, a local LLM server, or the
+offline splitter)."""
 
 from __future__ import annotations
 
@@ -22,15 +23,21 @@ table and, with -o, writes the canonical timeline JSON that `framecap generate -
 Backends:
   gemini   Gemini (default model gemini-2.5-pro) with a JSON schema; the API key is read from the environment
            variable GEMINI_API_KEY or GOOGLE_API_KEY (never from the command line).
+  openai   an OpenAI-compatible server you run: Ollama (the default --base-url, http://127.0.0.1:11434/v1),
+           LM Studio, llama.cpp's llama-server, vLLM; --model names the model as the server does (default
+           qwen2.5:7b). Same instruction, schema and checks as gemini. A key only if the server wants one, read
+           from the environment variable OPENAI_API_KEY.
   offline  a deterministic splitter: sentences and event boundaries (then, finally, the camera pans, ...),
            durations in proportion to the text, no key and no network.
-  auto     gemini when a key is set, otherwise offline (the default).
+  auto     gemini when a key is set, otherwise offline (the default; never a local server unless asked).
 """
 
 EPILOG = """\
 examples:
   framecap prompt "A red fox trots through snow. Then it leaps onto a frozen pond." --seconds 10 --backend offline
   framecap prompt story.txt --seconds 30 -o timeline.json
+  framecap prompt story.txt --seconds 30 --backend openai --model qwen2.5:14b -o timeline.json
+  framecap prompt story.txt --backend openai --base-url http://127.0.0.1:1234/v1 --model qwen2.5-7b-instruct
   cat story.txt | framecap prompt - --seconds 30 --json > timeline.json
   framecap generate --timeline timeline.json ...
 """
@@ -39,7 +46,7 @@ examples:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "prompt",
-        help="story -> frame-level caption timeline (Gemini or offline)",
+        help="story -> frame-level caption timeline (Gemini, a local LLM server, or offline)",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -53,11 +60,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fps", type=int, default=16, help="frames per second (default: 16, Wan's rate)")
     parser.add_argument(
         "--backend",
-        choices=("auto", "gemini", "offline"),
+        choices=("auto", "gemini", "openai", "offline"),
         default="auto",
-        help="auto (default): gemini if GEMINI_API_KEY / GOOGLE_API_KEY is set, else offline",
+        help="auto (default): gemini if GEMINI_API_KEY / GOOGLE_API_KEY is set, else offline; openai: a local "
+        "OpenAI-compatible server (Ollama, LM Studio, llama.cpp, vLLM)",
     )
-    parser.add_argument("--model", default="gemini-2.5-pro", help="Gemini model (default: gemini-2.5-pro)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model name (default: gemini-2.5-pro for gemini, qwen2.5:7b for openai; as the server names it)",
+    )
     parser.add_argument("--negative", default="", help="negative prompt stored in the timeline")
     parser.add_argument(
         "--max-caption-tokens",
@@ -70,12 +82,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--min-scene-seconds", type=float, default=1.0, metavar="S", help="shortest scene (default: 1.0)"
     )
     parser.add_argument(
-        "--timeout", type=float, default=120.0, metavar="S", help="Gemini request timeout (default: 120)"
+        "--timeout", type=float, default=120.0, metavar="S", help="LLM request timeout in seconds (default: 120)"
     )
     parser.add_argument(
-        "--retries", type=int, default=3, metavar="N", help="Gemini retries on rate limits / server errors (default: 3)"
+        "--retries", type=int, default=3, metavar="N", help="LLM retries on rate limits / server errors (default: 3)"
     )
-    parser.add_argument("--base-url", default=None, metavar="URL", help="another Gemini endpoint (a proxy)")
+    parser.add_argument(
+        "--base-url",
+        default=None,
+        metavar="URL",
+        help="openai: the server's URL up to /v1 (default: Ollama's http://127.0.0.1:11434/v1); gemini: another "
+        "endpoint (a proxy)",
+    )
     parser.add_argument("-o", "--output", default=None, metavar="PATH", help="write the timeline JSON here")
     parser.add_argument("--json", action="store_true", help="print the timeline JSON on stdout instead of the table")
     parser.set_defaults(func=run)
@@ -142,7 +160,11 @@ def _resolve_backend(backend: str) -> str:
 
     if any(os.environ.get(name, "").strip() for name in API_KEY_ENV_VARS):
         return "gemini"
-    print("framecap: no GEMINI_API_KEY / GOOGLE_API_KEY set; using the offline splitter.", file=sys.stderr)
+    print(
+        "framecap: no GEMINI_API_KEY / GOOGLE_API_KEY set; using the offline splitter (--backend openai asks a local "
+        "LLM server).",
+        file=sys.stderr,
+    )
     return "offline"
 
 

@@ -8,10 +8,15 @@ vocabulary here means captions written for training and captions written for gen
 from __future__ import annotations
 
 import json
+import logging
+import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import DatasetError, PromptBuildError
+from ..timeline import Timeline, frames_for_seconds, num_latents, parse_timeline
+from .offline import DEFAULT_MAX_CAPTION_TOKENS, DEFAULT_MIN_SCENE_SECONDS, truncate_words
 
 __all__ = [
     "ANNOTATION_SYSTEM_INSTRUCTION",
@@ -23,12 +28,16 @@ __all__ = [
     "annotation_schema",
     "annotation_user_prompt",
     "correction_prompt",
+    "extract_json",
     "parse_annotation",
     "parse_annotation_answer",
+    "parse_story_answer",
     "story_schema",
     "story_system_instruction",
     "story_user_prompt",
 ]
+
+logger = logging.getLogger("framecap_core.prompting")
 
 # The five aspects every frame-level caption covers (paper section 3, "Adaptive frame-level annotation").
 CAPTION_ASPECTS = ("main subjects", "actions", "environment", "shot size", "camera angle")
@@ -129,6 +138,119 @@ def correction_prompt(error: str) -> str:
         f"Your answer was invalid: {error}\n"
         "Send the complete corrected JSON answer (all scenes), following every rule and the schema. JSON only."
     )
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PromptBuildError(f"{what} must be a number of seconds, got {value!r}.")
+    return float(value)
+
+
+def parse_story_answer(
+    answer: str | dict[str, Any],
+    *,
+    seconds: float,
+    fps: int = 16,
+    negative: str = "",
+    max_caption_tokens: int = DEFAULT_MAX_CAPTION_TOKENS,
+    min_scene_seconds: float = DEFAULT_MIN_SCENE_SECONDS,
+) -> Timeline:
+    """Validate a ``{"scenes": [{"start", "end", "caption"}]}`` answer (seconds) into a :class:`Timeline`.
+
+    Scenes must start at 0, follow each other within a quarter second, end within half a second (or 5 %) of the
+    video's end, and last at least half of ``min_scene_seconds``. Boundaries move to the nearest latent start (pixel
+    frame ``4j - 3``) so every scene maps onto whole latents; captions are cut to ``max_caption_tokens`` words.
+    """
+    num_frames = frames_for_seconds(seconds, fps)
+    duration = num_frames / fps
+    if isinstance(answer, str):
+        try:
+            data = json.loads(answer)
+        except json.JSONDecodeError as exc:
+            raise PromptBuildError(
+                f"the answer is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+            ) from None
+    else:
+        data = answer
+    if not isinstance(data, dict) or not isinstance(data.get("scenes"), list) or not data["scenes"]:
+        raise PromptBuildError('the answer must be a JSON object with a non-empty "scenes" list')
+    tolerance, end_tolerance = 0.25, max(0.5, 0.05 * duration)
+    bounds: list[tuple[float, float]] = []
+    captions: list[str] = []
+    for number, scene in enumerate(data["scenes"], 1):
+        if not isinstance(scene, dict):
+            raise PromptBuildError(f"scene {number} is not an object with start, end and caption")
+        start = _number(scene.get("start"), f"scene {number} start")
+        end = _number(scene.get("end"), f"scene {number} end")
+        caption = scene.get("caption")
+        if not isinstance(caption, str) or not caption.strip():
+            raise PromptBuildError(f"scene {number} ({start:g}-{end:g} s) has an empty caption")
+        if end <= start:
+            raise PromptBuildError(f"scene {number} ends at {end:g} s, not after its start {start:g} s")
+        expected = bounds[-1][1] if bounds else 0.0
+        if abs(start - expected) > tolerance:
+            what = "the video starts at 0 s" if not bounds else f"scene {number - 1} ends at {expected:g} s"
+            raise PromptBuildError(f"scene {number} starts at {start:g} s but {what}; scenes must be contiguous")
+        if end - start < 0.5 * min_scene_seconds:
+            raise PromptBuildError(
+                f"scene {number} lasts only {end - start:g} s; each scene must last at least {min_scene_seconds:g} s"
+            )
+        bounds.append((start, end))
+        captions.append(" ".join(caption.split()))
+    if abs(bounds[-1][1] - seconds) > end_tolerance and abs(bounds[-1][1] - duration) > end_tolerance:
+        raise PromptBuildError(
+            f"the last scene ends at {bounds[-1][1]:g} s but the video lasts {seconds:g} s; the scenes must cover "
+            f"0 to {seconds:g} s"
+        )
+    total = num_latents(num_frames)
+    latent_starts = [0]
+    for number, (start, _) in enumerate(bounds[1:], 2):
+        latent = min(total - 1, max(1, round((start * fps + 3) / 4)))
+        if latent <= latent_starts[-1]:
+            raise PromptBuildError(
+                f"scene {number - 1} is too short for the video's latent grid (4 frames at {fps} fps); make every "
+                f"scene at least {min_scene_seconds:g} s long"
+            )
+        latent_starts.append(latent)
+    frames = [0] + [4 * j - 3 for j in latent_starts[1:]] + [num_frames]
+    scenes = []
+    for i, caption in enumerate(captions):
+        words = len(caption.split())
+        if words > max_caption_tokens:
+            logger.info("scene %d caption has %d words; cut to %d", i + 1, words, max_caption_tokens)
+            caption = truncate_words(caption, max_caption_tokens)
+        scenes.append({"start": frames[i], "end": frames[i + 1], "caption": caption})
+    return parse_timeline({"fps": fps, "num_frames": num_frames, "negative": negative, "scenes": scenes})
+
+
+# -- answers ----------------------------------------------------------------------------------------------------------
+
+_THINKING = re.compile(r"<think>.*?</think>", re.S)
+_FENCE = re.compile(r"```[A-Za-z]*[ \t]*\n?(.*?)```", re.S)
+
+
+def extract_json(text: str) -> str:
+    """The JSON in a model's answer, for servers that ignore the schema and wrap it: the whole text (without
+    ``<think>`` blocks) when it parses, else the first fenced ```` ```json ```` block that parses, else the first
+    ``{...}`` object inside prose that parses; else ``text`` unchanged, so the validator reports what is wrong."""
+    if not isinstance(text, str):
+        return text
+    stripped = _THINKING.sub("", text).strip()
+    for candidate in [stripped, *(m.group(1).strip() for m in _FENCE.finditer(stripped))]:
+        try:
+            json.loads(candidate)
+            return candidate
+        except ValueError:
+            continue
+    decoder = json.JSONDecoder()
+    for brace in re.finditer(r"\{", stripped):
+        try:
+            value, end = decoder.raw_decode(stripped, brace.start())
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return stripped[brace.start():end]
+    return text
 
 
 # -- frames -> captions (dataset annotation) ------------------------------------------------------------------------
