@@ -314,7 +314,7 @@ def test_cache_writer_rejects_bad_shapes(tmp_path):
             w.add("x", torch.full((16, 3, 2, 2), float("nan")), torch.zeros(2, 4, 8), [0, 1, 1])
 
 
-def test_build_dataset_script(built, videos, tmp_path, capsys):
+def _build_dataset_script():
     import importlib.util
     from pathlib import Path
 
@@ -322,13 +322,22 @@ def test_build_dataset_script(built, videos, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("framecap_build_dataset", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+# The SMALL recipe as build_dataset.py flags.
+SMALL_FLAGS = ["--min-duration", "2", "--clip-seconds", "1", "--phash-frames", "4", "--phash-threshold", "8",
+               "--no-progress"]
+
+
+def test_build_dataset_script(built, videos, tmp_path, capsys):
+    script = _build_dataset_script()
     out, _, _ = built
     annotations = tmp_path / "ann.jsonl"
     annotations.write_text("".join(
         json.dumps({"clip_id": r.clip_id, "captions": r.captions}) + "\n" for r in read_manifest(out / "manifest.jsonl")
     ))
-    small = ["--min-duration", "2", "--clip-seconds", "1", "--phash-frames", "4", "--phash-threshold", "8",
-             "--no-progress"]
+    small = SMALL_FLAGS
     for i in range(2):
         assert script.main([str(videos), "--out", str(tmp_path), "--shard", f"{i}/2", "--annotations",
                             str(annotations), *small]) == 0
@@ -443,3 +452,30 @@ def test_build_summary_names_what_it_dropped_and_why_nothing_was_built(built, vi
     with pytest.raises(SystemExit):
         script.main([str(videos), "--out", str(tmp_path), "--shard", "8/8"])
     assert "numbered from 0" in capsys.readouterr().err
+
+
+def test_build_dataset_script_annotates_with_a_local_openai_server(videos, tmp_path, monkeypatch):
+    import fake_http
+    from fake_openai import FakeOpenAI, auto_annotation
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    foreign = fake_http.local_only(monkeypatch)
+    script = _build_dataset_script()
+    assert script.parse_args(["v", "--out", "o", "--gemini-model", "g", "--gemini-base-url", "u"]).model == "g"
+    with FakeOpenAI(default=auto_annotation(shared=2, caption="A drifting colour field")) as server:
+        assert script.main([str(videos), "--out", str(tmp_path), "--annotator", "openai", "--base-url", server.url,
+                            *SMALL_FLAGS]) == 0
+    records = read_manifest(tmp_path / "manifest.jsonl")
+    assert len(records) == server.calls == 8  # 4 clips from each of a and c, one request each
+    for r in records:
+        assert r.captions == ["A drifting colour field, frames 0-1."] * 2 + ["A drifting colour field, frames 2-2."]
+        assert r.global_caption == "A drifting colour field, 3 frames."
+    for request in server.requests:
+        assert request.path == "/v1/chat/completions"
+        assert request.model == "qwen2.5vl:7b"  # the default vision model
+        assert "authorization" not in request.headers
+        assert request.messages()[0] == {"role": "system", "content": annotation_system_instruction(120)}
+        images = request.images()  # base64 data URLs, decoded
+        assert [mime for mime, _ in images] == ["image/jpeg"] * 3
+        assert all(data[:2] == b"\xff\xd8" for _, data in images)  # JPEG
+    assert foreign == []

@@ -1,12 +1,15 @@
 """Build a frame-level captioned video dataset (paper section 3) as a JSON Lines manifest.
 
-Reads top to bottom: arguments, the recipe's numbers, the annotator (Gemini or captions brought from a file), the
-build, the summary. The logic lives in ``framecap_core.data``.
+Reads top to bottom: arguments, the recipe's numbers, the annotator (Gemini, a local OpenAI-compatible server with
+a vision model, or captions brought from a file), the build, the summary. The logic lives in ``framecap_core.data``.
 
 Examples::
 
     # the paper's recipe, annotated by Gemini (key from GEMINI_API_KEY)
     python training/build_dataset.py /data/raw_videos --out data/framecap
+
+    # annotated by a vision model on a local server (Ollama here; --base-url for LM Studio, llama.cpp, vLLM)
+    python training/build_dataset.py /data/raw_videos --out data/framecap --annotator openai --model qwen2.5vl:7b
 
     # on 8 machines: shards are numbered from 0, machine i (0..7) runs shard i/8, then merge the shard manifests
     # (clip ids come from names relative to the source folder, so each machine may mount the videos anywhere)
@@ -28,7 +31,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-from framecap_core.data import DatasetConfig, build_dataset, gemini_annotator, merge_manifests  # noqa: E402
+from framecap_core.data import (  # noqa: E402
+    ANNOTATOR_BACKENDS,
+    DatasetConfig,
+    build_dataset,
+    llm_annotator,
+    merge_manifests,
+)
 from framecap_core.errors import FrameCapError  # noqa: E402
 
 
@@ -66,8 +75,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--phash-threshold", type=float, default=defaults.phash_threshold,
                    help="mean Hamming distance (of 64 bits) at or below which a video is a duplicate")
     # the annotator
-    p.add_argument("--gemini-model", default=None, help="Gemini model (default: the prompt builder's)")
-    p.add_argument("--gemini-base-url", default=None, help="Gemini endpoint (for proxies and tests)")
+    p.add_argument("--annotator", choices=ANNOTATOR_BACKENDS, default="gemini",
+                   help="who writes the captions: gemini (key from GEMINI_API_KEY) or openai (an OpenAI-compatible "
+                        "server you run with a vision model; a key only from OPENAI_API_KEY)")
+    p.add_argument("--model", "--gemini-model", dest="model", default=None,
+                   help="annotation model (default: gemini-2.5-pro for gemini, the vision model qwen2.5vl:7b for "
+                        "openai)")
+    p.add_argument("--base-url", "--gemini-base-url", dest="base_url", default=None,
+                   help="the server: for openai its URL up to /v1 (default: Ollama's http://127.0.0.1:11434/v1); for "
+                        "gemini another endpoint (proxies, tests)")
     p.add_argument("--max-side", type=int, default=defaults.max_side, help="longest side of the images sent")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -93,11 +109,10 @@ def main(argv=None) -> int:
             phash_frames=args.phash_frames, phash_threshold=args.phash_threshold, max_side=args.max_side,
         )
 
-        # who writes the captions: Gemini, unless every clip is in --annotations (then it is never called)
+        # who writes the captions: the --annotator LLM, unless every clip is in --annotations (then it is never called)
         annotator = None
         if not args.plan_only:
-            annotator = gemini_annotator(model=args.gemini_model, base_url=args.gemini_base_url,
-                                         max_side=args.max_side)
+            annotator = llm_annotator(args.annotator, model=args.model, base_url=args.base_url, max_side=args.max_side)
 
         # the build: probe + dedup, plan, annotate, append to the manifest
         summary = build_dataset(

@@ -6,7 +6,8 @@ Three stages, each resumable and each writing only through atomic or append-and-
    ``min_duration_s``) are deduplicated by a perceptual hash (:mod:`.hashing`), their first and last
    ``trim_fraction`` dropped, the rest split into ``num_segments`` segments with one ``clip_seconds`` clip from the
    middle of each; inside a clip every ``sample_every``-th frame at ``sample_fps`` is annotated (frames sent as
-   images to Gemini with the shared annotation template, or captions brought with an annotations file;
+   images to a vision LLM — Gemini or a local OpenAI-compatible server — with the shared annotation template, or
+   captions brought with an annotations file;
    :mod:`.annotations`). One manifest line per clip (:mod:`.manifest`).
 2. **Latent cache** (:func:`build_latent_cache`, :mod:`.encode`): each clip's training frames are read, resized and
    center-cropped (:mod:`.video_io`), encoded by the Wan VAE into *normalized* latents ``(z - mean) / std`` (what
@@ -20,7 +21,7 @@ takes the caption of most of its pixel frames, through :meth:`framecap_core.time
 (:mod:`.captions`).
 """
 
-from .annotations import Annotator, gemini_annotator, load_annotations
+from .annotations import ANNOTATOR_BACKENDS, Annotator, gemini_annotator, llm_annotator, load_annotations
 from .build import BuildSummary, ClipPlan, DatasetConfig, build_dataset, clip_id_for, nearest_frame, plan_clips
 from .cache import CACHE_FORMAT, CACHE_INDEX, EMPTY_CAPTION_FILE, CacheWriter, LatentCache, cached_clip_ids
 from .captions import clip_latent_captions, frame_captions
@@ -38,6 +39,7 @@ from .video_io import (
 )
 
 __all__ = [
+    "ANNOTATOR_BACKENDS",
     "CACHE_FORMAT",
     "CACHE_INDEX",
     "EMPTY_CAPTION_FILE",
@@ -64,6 +66,7 @@ __all__ = [
     "find_videos",
     "frame_captions",
     "gemini_annotator",
+    "llm_annotator",
     "hamming",
     "load_annotations",
     "merge_manifests",

@@ -1,5 +1,5 @@
-"""Captions for a clip's sample frames: from Gemini (:func:`gemini_annotator`) or from an annotations file made
-elsewhere (:func:`load_annotations`)."""
+"""Captions for a clip's sample frames: from a vision LLM — Gemini or a local OpenAI-compatible server
+(:func:`llm_annotator`) — or from an annotations file made elsewhere (:func:`load_annotations`)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,29 @@ Annotator = Callable[[list[np.ndarray], list[float]], tuple[list[str], str]]
 """``(images [S] of [H, W, 3] uint8, timestamps [S] in seconds) -> (captions [S], global caption)``."""
 
 
-def gemini_annotator(*, model: str | None = None, base_url: str | None = None, max_side: int = 768,
-                     max_caption_tokens: int | None = None, **options: Any) -> Annotator:
-    """An :data:`Annotator` over :func:`framecap_core.prompting.annotate_frames` (the shared annotation template,
-    frames sent as images, adaptive shared / independent captions). The key comes from ``GEMINI_API_KEY``."""
-    from ..prompting import DEFAULT_MODEL, GeminiOptions, annotate_frames
+ANNOTATOR_BACKENDS = ("gemini", "openai")
 
-    gemini = GeminiOptions(model=model or DEFAULT_MODEL, base_url=base_url, **options)
-    kwargs: dict[str, Any] = {"max_side": max_side, "options": gemini, "model": gemini.model}
+
+def llm_annotator(backend: str = "gemini", *, model: str | None = None, base_url: str | None = None,
+                  max_side: int = 768, max_caption_tokens: int | None = None, **options: Any) -> Annotator:
+    """An :data:`Annotator` over :func:`framecap_core.prompting.annotate_frames` (the shared annotation template,
+    frames sent as images, adaptive shared / independent captions) by a vision LLM:
+
+    - ``"gemini"``: Google Gemini, key from ``GEMINI_API_KEY`` / ``GOOGLE_API_KEY``;
+    - ``"openai"``: an OpenAI-compatible server you run (Ollama, LM Studio, llama.cpp with ``--mmproj``, vLLM) with
+      a vision model (e.g. ``qwen2.5vl:7b``); frames go as base64 ``data:`` URLs; a key only from ``OPENAI_API_KEY``.
+
+    ``model`` / ``base_url`` ``None`` are the backend's defaults (for ``"openai"`` the vision model
+    :data:`~framecap_core.prompting.DEFAULT_OPENAI_VISION_MODEL`); ``options`` are further
+    :class:`~framecap_core.prompting.LLMOptions` fields (timeout, retries, backoff, ...)."""
+    from ..prompting import DEFAULT_MODEL, DEFAULT_OPENAI_VISION_MODEL, GeminiOptions, OpenAIOptions, annotate_frames
+
+    kinds = {"gemini": (GeminiOptions, DEFAULT_MODEL), "openai": (OpenAIOptions, DEFAULT_OPENAI_VISION_MODEL)}
+    if backend not in kinds:
+        raise DatasetError(f"Unknown annotation backend {backend!r}; use one of {', '.join(ANNOTATOR_BACKENDS)}.")
+    kind, default_model = kinds[backend]
+    llm = kind(model=model or default_model, base_url=base_url, **options)
+    kwargs: dict[str, Any] = {"max_side": max_side, "options": llm}
     if max_caption_tokens is not None:
         kwargs["max_caption_tokens"] = max_caption_tokens
 
@@ -33,6 +48,11 @@ def gemini_annotator(*, model: str | None = None, base_url: str | None = None, m
         return list(result.captions), result.video_caption
 
     return annotate
+
+
+def gemini_annotator(**kwargs: Any) -> Annotator:
+    """:func:`llm_annotator` with Gemini (the key from ``GEMINI_API_KEY``)."""
+    return llm_annotator("gemini", **kwargs)
 
 
 def load_annotations(path: str | os.PathLike) -> dict[str, dict[str, Any]]:

@@ -40,7 +40,13 @@ from .offline import (
     standalone_caption,
     truncate_words,
 )
-from .openai_compat import DEFAULT_BASE_URL, DEFAULT_OPENAI_MODEL, OpenAIOptions, openai_api_key_from_env
+from .openai_compat import (
+    DEFAULT_BASE_URL,
+    DEFAULT_OPENAI_MODEL,
+    DEFAULT_OPENAI_VISION_MODEL,
+    OpenAIOptions,
+    openai_api_key_from_env,
+)
 from .score import SplitScore, score_split
 from .templates import (
     ANNOTATION_SYSTEM_INSTRUCTION,
@@ -69,6 +75,7 @@ __all__ = [
     "DEFAULT_MIN_SCENE_SECONDS",
     "DEFAULT_MODEL",
     "DEFAULT_OPENAI_MODEL",
+    "DEFAULT_OPENAI_VISION_MODEL",
     "MAX_CAPTION_TOKENS",
     "SHOT_SIZES",
     "STORY_SYSTEM_INSTRUCTION",

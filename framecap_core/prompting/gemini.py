@@ -22,8 +22,6 @@ from typing import Any, TypeVar
 from ..errors import PromptBuildError
 from ..timeline import Timeline
 from .llm import (
-    MAX_RETRIES,  # noqa: F401 - part of this module's interface since the limits
-    MAX_TIMEOUT_SECONDS,  # noqa: F401
     RETRYABLE_STATUS,
     Ask,
     FrameAnnotation,

@@ -47,6 +47,7 @@ __all__ = [
     "API_KEY_ENV_VAR",
     "DEFAULT_BASE_URL",
     "DEFAULT_OPENAI_MODEL",
+    "DEFAULT_OPENAI_VISION_MODEL",
     "OpenAIOptions",
     "openai_api_key_from_env",
 ]
@@ -54,6 +55,7 @@ __all__ = [
 API_KEY_ENV_VAR = "OPENAI_API_KEY"
 DEFAULT_BASE_URL = "http://127.0.0.1:11434/v1"  # Ollama's OpenAI-compatible endpoint
 DEFAULT_OPENAI_MODEL = "qwen2.5:7b"  # an Ollama tag; LM Studio / llama.cpp / vLLM name models their own way
+DEFAULT_OPENAI_VISION_MODEL = "qwen2.5vl:7b"  # for dataset annotation (frames as images)
 SCHEMA_NAME = "framecap_answer"
 _MAX_ERROR_CHARS = 300
 
