@@ -12,6 +12,10 @@ Several GPUs (one process each, data parallel)::
     accelerate launch --config_file training/configs/accelerate_multi_gpu.yaml \\
         training/finetune.py --config training/configs/wan_1.3b_df.json
 
+Several CPU processes (gloo; accelerate's ``--cpu`` launcher starts only one process)::
+
+    accelerate launch --multi_gpu --num_processes 2 training/finetune.py --config training/configs/toy.json
+
 Override any setting: ``--set learning_rate=2e-5 --set lora_rank=32``, ``--resume latest``, ``--max-steps 10``.
 """
 
@@ -70,7 +74,7 @@ def build_cache(config: TrainConfig, progress: bool) -> None:
     from framecap_core import models, text
     from framecap_core.data import build_latent_cache
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # several CPU processes: a gloo group, as in train()
     device = state.device if torch.cuda.is_available() else torch.device("cpu")
     vae = models.load_vae(config.vae or config.base_model, config=config.model_config, device=device)  # fp32
     encoder = text.load_caption_encoder(config.text_encoder or config.base_model, config=config.model_config,
@@ -126,7 +130,11 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    # 4. report
+    # 4. report (the main process speaks for all)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return 0
     if result.losses:
         print(f"steps {result.step - len(result.losses) + 1}-{result.step}: first loss {result.losses[0]:.4f}, "
               f"last loss {result.losses[-1]:.4f}")

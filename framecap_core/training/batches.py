@@ -37,7 +37,7 @@ def draw_batch(cache, config: TrainConfig, step: int, micro: int, rank: int = 0,
     noise depend only on the seed and the position: a resumed run sees exactly what an uninterrupted one would.
 
     Returns ``latents [B, C, N, h, w]``, ``context [B, N*text_len, D]``, ``sigmas [B, N]``, ``noise`` like latents,
-    and ``draws``: per sample ``{clip, offset, reference, level, step_size, unconditional}`` for logging (with
+    and ``draws``: per sample ``{position, clip, offset, reference, level, step_size, unconditional}`` for logging (with
     probability ``config.caption_dropout`` a sample's captions are all the empty caption).
     """
     noise_cfg = config.df_noise()
@@ -57,6 +57,7 @@ def draw_batch(cache, config: TrainConfig, step: int, micro: int, rank: int = 0,
         sigmas.append(draw.sigmas)
         noises.append(noise)
         draws.append({
+            "position": position,
             "clip": window["clip_id"],
             "offset": window["offset"],
             "reference": int(draw.reference),

@@ -101,6 +101,7 @@ def train(
                                                      patch_size=unwrapped.config.patch_size)
             grad_norm = _optimizer_step(optimizer, params, config, accelerator)
             step_loss = _mean_over_processes(step_loss, accelerator)
+            draws = _draws_of_all_processes(draws, accelerator)
             losses.append(step_loss)
             done = step + 1
             _log_step(bar, log_file, accelerator, config, done, step_loss, lr, grad_norm, draws)
@@ -125,13 +126,26 @@ def train(
 
 
 def _make_accelerator(config: TrainConfig, output_dir: Path):
+    """The accelerator; several processes (``accelerate launch --multi_gpu``, ``torchrun``) train data parallel —
+    NCCL on GPUs, gloo on CPUs (accelerate only forms a CPU group when told it runs on the CPU)."""
+    import os
+
     from accelerate import Accelerator
 
-    return Accelerator(
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
         mixed_precision=config.mixed_precision,
         log_with=None if config.report_to == "none" else config.report_to,
         project_dir=str(output_dir),
     )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes != launched:
+        raise ConfigError(
+            f"{launched} processes were started but accelerate sees {accelerator.num_processes}; each would train "
+            f"alone and overwrite the others' checkpoints. Launch with accelerate launch --multi_gpu --num_processes "
+            f"{launched} or torchrun --nproc_per_node {launched}."
+        )
+    return accelerator
 
 
 def _open_cache(config: TrainConfig):
@@ -277,6 +291,16 @@ def _mean_over_processes(value: float, accelerator) -> float:
     if accelerator.num_processes > 1:
         return float(accelerator.reduce(torch.tensor(value, device=accelerator.device), reduction="mean"))
     return value
+
+
+def _draws_of_all_processes(draws: list[dict[str, Any]], accelerator) -> list[dict[str, Any]]:
+    """Every process's draws of the step in global sample order, so the log shows the whole global batch (the same
+    records as one process drawing it alone)."""
+    if accelerator.num_processes == 1:
+        return draws
+    from accelerate.utils import gather_object
+
+    return sorted(gather_object(draws), key=lambda d: d["position"])
 
 
 # ------------------------------------------------------------------------------------------ logging, checkpoints
