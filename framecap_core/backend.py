@@ -33,7 +33,8 @@ import torch
 from .attention import frame_level_text_len, stack_frame_captions
 from .errors import ConfigError, NumericalError
 
-__all__ = ["WanDenoiser", "decode_latents", "denormalize_latents", "normalize_latents"]
+__all__ = ["WanDenoiser", "decode_latents", "denormalize_latents", "iter_decoded_latents", "normalize_latents",
+           "to_uint8_frames"]
 
 
 def _param(module: torch.nn.Module) -> torch.Tensor:
@@ -143,14 +144,19 @@ class WanDenoiser:
                 f"WanDenoiser expects x [K, C, N, h, w], t [K, N] and frames [K, N]; got {tuple(x.shape)}, "
                 f"{tuple(t.shape)}, {tuple(frames.shape)}."
             )
-        k, _, n, h, w = x.shape
+        _, _, n, h, w = x.shape
         p_t, p_h, p_w = self.transformer.config.patch_size
         if h % p_h or w % p_w or n % p_t:
             raise ConfigError(f"latent size {n}x{h}x{w} is not divisible by the patch size {(p_t, p_h, p_w)}.")
         tokens_per_frame = (h // p_h) * (w // p_w)
-        xin = x.to(self.device, self.dtype)
         tin = self.timesteps(t.to(self.device, torch.float32), tokens_per_frame)
-        ctx = self.context(frames)
+        return self.predict(x, tin, self.context(frames))
+
+    def predict(self, x: torch.Tensor, tin: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """The checked-input part of ``__call__`` (what the memory planner traces): ``x [K, C, N, h, w]``, transformer
+        timestep ``tin`` (``[K]`` or ``[K, N*hw]``), cond context ``ctx [K, N*text_len, D]`` -> guided ``v``."""
+        k, n = x.shape[0], x.shape[2]
+        xin = x.to(self.device, self.dtype)
         guided = self.guidance_scale != 1.0
         if guided:
             xin = torch.cat([xin, xin])
@@ -191,10 +197,15 @@ def denormalize_latents(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, 
     return x.float() * s + m
 
 
-def _to_uint8(video: torch.Tensor) -> np.ndarray:
-    """``[3, T, H, W]`` in [-1, 1] -> ``[T, H, W, 3]`` uint8 (as diffusers' video processor: (x + 1) / 2)."""
+def to_uint8_frames(video: torch.Tensor) -> torch.Tensor:
+    """``[3, T, H, W]`` in [-1, 1] -> ``[T, H, W, 3]`` uint8 on the same device (as diffusers' video processor:
+    (x + 1) / 2)."""
     frames = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return frames.permute(1, 2, 3, 0).cpu().numpy()
+    return frames.permute(1, 2, 3, 0)
+
+
+def _to_uint8(video: torch.Tensor) -> np.ndarray:
+    return to_uint8_frames(video).cpu().numpy()
 
 
 def _can_stream(vae) -> bool:
@@ -251,16 +262,22 @@ def decode_latents(
         return _to_uint8(video)
     chunks: list[np.ndarray] = []
     with torch.no_grad():
-        vae.clear_cache()
-        try:
-            x = vae.post_quant_conv(z)
-            for i in range(num):
-                vae._conv_idx = [0]
-                kwargs: dict[str, Any] = {"first_chunk": True} if i == 0 else {}
-                out = vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, **kwargs)
-                chunks.append(_to_uint8(out[0]))
-                if progress:
-                    progress(i + 1, num)
-        finally:
-            vae.clear_cache()
+        for i, out in enumerate(iter_decoded_latents(vae, z)):
+            chunks.append(_to_uint8(out[0]))
+            if progress:
+                progress(i + 1, num)
     return np.concatenate(chunks, axis=0)
+
+
+def iter_decoded_latents(vae, z: torch.Tensor):
+    """The Wan VAE's causal decode, one latent at a time: raw latents ``z [1, C, L, h, w]`` -> yields ``[1, 3, T_i,
+    H, W]`` (T_0 = 1, then 4) in [-1, 1], exactly the frames of one ``vae.decode`` call (same cache, same order)."""
+    vae.clear_cache()
+    try:
+        x = vae.post_quant_conv(z)
+        for i in range(z.shape[2]):
+            vae._conv_idx = [0]
+            kwargs: dict[str, Any] = {"first_chunk": True} if i == 0 else {}
+            yield vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, **kwargs)
+    finally:
+        vae.clear_cache()

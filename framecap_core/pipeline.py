@@ -30,6 +30,7 @@ and then moved to the device, so it does not depend on the device either.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -104,7 +105,9 @@ class GenerationSettings:
         width, height: video size in pixels, multiples of 16.
         fps: frames per second of the output (the timeline's fps is used when None).
         dtype, device: transformer precision ("auto" = bf16 on GPU, fp32 on CPU) and device ("auto" = cuda if any).
-        window_batch_size: PMWD windows per transformer call (None = all windows of a step in one call).
+        window_batch_size: PMWD windows per transformer call: "auto" (default: the most that fit the device's free
+            memory, from :mod:`framecap_core.memory`'s per-window activation model; all windows when they fit), an
+            integer, or None (all windows of a step in one call).
         negative: negative prompt; None = the timeline's, else :data:`DEFAULT_NEGATIVE`.
         lookahead: FIFO lookahead denoising (two windows per iteration).
     """
@@ -125,7 +128,7 @@ class GenerationSettings:
     fps: int | None = None
     dtype: str = "auto"
     device: str = "auto"
-    window_batch_size: int | None = None
+    window_batch_size: int | str | None = "auto"
     negative: str | None = None
     lookahead: bool = False
 
@@ -144,6 +147,11 @@ class GenerationSettings:
     @property
     def stride_latents(self) -> int:
         return self.window_latents - self.overlap_latents
+
+    @property
+    def fixed_window_batch_size(self) -> int | None:
+        """``window_batch_size`` when it is a number (None for all windows or "auto", which a model resolves)."""
+        return None if self.window_batch_size == "auto" else self.window_batch_size
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -219,8 +227,8 @@ class GenerationSettings:
             need_int("fps", 1, "use 16 (Wan's frame rate)", MAX_FPS)
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}; use one of {', '.join(DTYPES)}.")
-        if self.window_batch_size is not None:
-            need_int("window_batch_size", 1, "use 1 or 2 to save memory, or leave it unset to batch all windows")
+        if self.window_batch_size not in (None, "auto"):
+            need_int("window_batch_size", 1, "use 1 or 2 to save memory, 'auto' (as many as fit), or None (all windows)")
         if self.negative is not None and not isinstance(self.negative, str):
             raise ConfigError(f"negative must be a string, got {type(self.negative).__name__}.")
         return self
@@ -380,7 +388,7 @@ def plan_generation(timeline: Timeline, settings: GenerationSettings, num_proces
         starts = plan_windows(num, n, stride)
         cost = estimate_cost("pmwd", num, window=n, num_steps=settings.steps, stride=stride,
                              df_step_size=settings.df_step, causal_block_size=settings.causal_block_size,
-                             window_batch_size=settings.window_batch_size, solver=solver)
+                             window_batch_size=settings.fixed_window_batch_size, solver=solver)
         spans = [(s, s + n) for s in starts]
         per_step = len(starts)
     elif method == "sliding":
@@ -425,6 +433,19 @@ def plan_generation(timeline: Timeline, settings: GenerationSettings, num_proces
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def resolve_window_batch_size(model, plan: GenerationPlan, settings: GenerationSettings) -> int | None:
+    """The PMWD window batch of a run: ``settings.window_batch_size``, with "auto" resolved on ``model``'s device
+    (its transformer in place) by :func:`framecap_core.memory.auto_window_batch`; None means all windows."""
+    if settings.window_batch_size != "auto" or settings.method != "pmwd":
+        return settings.fixed_window_batch_size
+    from .memory import auto_window_batch
+
+    return auto_window_batch(
+        model, num_windows=len(plan.window_spans), window_latents=plan.window_latents, latent_hw=plan.latent_size,
+        guided=plan.batch_rows_per_forward > 1, per_token=settings.df_step > 0, num_latents=plan.num_latents,
+        num_captions=len(plan.unique_captions), solver=plan.solver)
+
+
 @dataclass(frozen=True)
 class ProgressEvent:
     """Progress of :func:`generate`.
@@ -449,7 +470,8 @@ class ProgressEvent:
 @dataclass
 class GenerationResult:
     """``latents [C, L, h, w]`` float32 (normalized space, on the CPU), ``frames [T, H, W, 3]`` uint8 (None when
-    ``decode=False``), the plan, the settings and wall-clock seconds per phase."""
+    ``decode=False``), the plan, the settings, wall-clock seconds per phase and the windows per transformer call
+    actually used (``window_batch_size="auto"`` resolved)."""
 
     latents: Any
     frames: Any
@@ -457,6 +479,7 @@ class GenerationResult:
     settings: GenerationSettings
     timeline: Timeline
     timings: dict[str, float] = field(default_factory=dict)
+    window_batch_size: int | None = None
 
     def scene_frames(self) -> list[Any] | None:
         """One decoded frame per scene (its middle frame), for the storyboard."""
@@ -478,6 +501,7 @@ def generate(
     cancel: Callable[[], bool] | None = None,
     decode: bool = True,
     caption_encoder=None,
+    context=None,
     denoiser=None,
     process_group=None,
 ) -> GenerationResult:
@@ -493,6 +517,8 @@ def generate(
         decode: decode the latents to frames with the model's VAE.
         caption_encoder: a :class:`~framecap_core.text.CaptionEncoder` (default: one over the model's text encoder;
             embeddings are cached process-wide, so a rerun of the same timeline encodes nothing).
+        context: captions already encoded (a :class:`~framecap_core.text.TimelineContext` of this timeline, e.g.
+            from the ComfyUI text-encode node); the text encoder is then not used.
         denoiser: use this ``Denoiser`` instead of building a ``WanDenoiser`` (tests, other backends).
         process_group: a ``torch.distributed`` process group whose processes share each PMWD step's windows
             (every process calls ``generate`` with the same arguments; :mod:`framecap_core.distributed`). Group rank
@@ -507,6 +533,7 @@ def generate(
     from . import sampling
     from .backend import WanDenoiser, decode_latents
     from .distributed import broadcast_tensors, group_rank_and_size
+    from .placement import running
     from .schedule import df_sigma_matrix, flow_sigmas
 
     settings = (settings or GenerationSettings()).validate()
@@ -523,19 +550,20 @@ def generate(
 
     t0 = time.perf_counter()
     report(ProgressEvent("encode", 0, len(plan.unique_captions)))
-    if denoiser is None:
+    own_denoiser = denoiser is None
+    embeds = None
+    if own_denoiser:
         from .text import CaptionEncoder, timeline_context
 
-        embeds = None
-        if rank == 0:
+        ctx = context
+        if rank == 0 and ctx is None:
             encoder = caption_encoder if caption_encoder is not None else CaptionEncoder.from_model(model)
             ctx = timeline_context(encoder, timeline, plan.negative)
+        if ctx is not None:
             embeds = [ctx.unique_embeds, ctx.latent_indices, ctx.negative_embeds]
         if world > 1:  # rank 0's embeddings for everyone: encoded once, the same bits on every process
             embeds = broadcast_tensors(process_group, embeds)
             embeds[1] = embeds[1].long()
-        denoiser = WanDenoiser(model.transformer, embeds[0], embeds[1], embeds[2],
-                               guidance_scale=float(settings.guidance))
     report(ProgressEvent("encode", len(plan.unique_captions), len(plan.unique_captions)))
     timings["encode"] = time.perf_counter() - t0
 
@@ -556,20 +584,24 @@ def generate(
         matrix = df_sigma_matrix(settings.steps, plan.num_latents, step_size=settings.df_step,
                                  causal_block_size=settings.causal_block_size, shift=settings.shift)
     sigmas = flow_sigmas(settings.steps, settings.shift)
-    if settings.method == "pmwd":
-        latents = sampling.pmwd(denoiser, noise, sigmas, window=n, stride=stride, fusion=settings.fusion,
-                                window_batch_size=settings.window_batch_size, solver=plan.solver,
-                                df_sigma_matrix=matrix, callback=on_event, process_group=process_group)
-    elif settings.method == "single":
-        latents = sampling.single_window(denoiser, noise, sigmas, solver=plan.solver, df_sigma_matrix=matrix,
-                                         callback=on_event)
-    elif settings.method == "sliding":
-        latents = sampling.sliding_window(denoiser, noise, sigmas, window=n, context=plan.overlap_latents,
-                                          solver=plan.solver, callback=on_event)
-    else:
-        fifo_gen = torch.Generator().manual_seed((int(settings.seed) + 1) % SEED_MODULUS)
-        latents = sampling.fifo(denoiser, noise, None, window=n, lookahead=settings.lookahead, shift=settings.shift,
-                                generator=fifo_gen, callback=on_event)
+    with running(model, "transformer") if own_denoiser else contextlib.nullcontext() as transformer:
+        if own_denoiser:
+            denoiser = WanDenoiser(transformer, embeds[0], embeds[1], embeds[2], guidance_scale=float(settings.guidance))
+        batch = resolve_window_batch_size(model, plan, settings) if own_denoiser else settings.fixed_window_batch_size
+        if settings.method == "pmwd":
+            latents = sampling.pmwd(denoiser, noise, sigmas, window=n, stride=stride, fusion=settings.fusion,
+                                    window_batch_size=batch, solver=plan.solver, df_sigma_matrix=matrix,
+                                    callback=on_event, process_group=process_group)
+        elif settings.method == "single":
+            latents = sampling.single_window(denoiser, noise, sigmas, solver=plan.solver, df_sigma_matrix=matrix,
+                                             callback=on_event)
+        elif settings.method == "sliding":
+            latents = sampling.sliding_window(denoiser, noise, sigmas, window=n, context=plan.overlap_latents,
+                                              solver=plan.solver, callback=on_event)
+        else:
+            fifo_gen = torch.Generator().manual_seed((int(settings.seed) + 1) % SEED_MODULUS)
+            latents = sampling.fifo(denoiser, noise, None, window=n, lookahead=settings.lookahead,
+                                    shift=settings.shift, generator=fifo_gen, callback=on_event)
     timings["denoise"] = time.perf_counter() - t0
     latents = latents.float().cpu()
 
@@ -578,10 +610,11 @@ def generate(
         if getattr(model, "vae", None) is None:
             raise ConfigError("decode=True needs a model loaded with its VAE; load it with load_vae_model=True.")
         t0 = time.perf_counter()
-        frames = decode_latents(
-            model.vae, latents, model.latents_mean, model.latents_std,
-            progress=lambda done, total: report(ProgressEvent("decode", done, total)),
-        )
+        with running(model, "vae") as vae:
+            frames = decode_latents(
+                vae, latents, model.latents_mean, model.latents_std,
+                progress=lambda done, total: report(ProgressEvent("decode", done, total)),
+            )
         timings["decode"] = time.perf_counter() - t0
     return GenerationResult(latents=latents, frames=frames, plan=plan, settings=settings, timeline=timeline,
-                            timings=timings)
+                            timings=timings, window_batch_size=batch or len(plan.window_spans))

@@ -248,6 +248,48 @@ def make_tiny_wan(seed: int = 0, text_dim: int = TINY_TEXT_DIM, **transformer_ov
     )
 
 
+# ------------------------------------------------------------------------------------------- random parts, any size
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def make_random_part(part: str, config: dict, *, dtype: torch.dtype = torch.float32,
+                     device: str | torch.device = "cpu", seed: int = 0) -> torch.nn.Module:
+    """A randomly initialized Wan ``part`` ("transformer", "text_encoder" or "vae") of any size from its config,
+    allocated directly in ``dtype`` on ``device`` (no float32 copy first, so a real-size part needs only its own
+    memory), with the loader's float32 islands. For benchmarks and memory checks at real size, offline."""
+    from .memory import cast_like_loader
+
+    config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+    with _seeded_init(seed), torch.device(device), _default_dtype(dtype):
+        if part == "transformer":
+            from diffusers import WanTransformer3DModel
+
+            model = WanTransformer3DModel.from_config(config)
+            keep = WanTransformer3DModel._keep_in_fp32_modules if dtype != torch.float32 else None
+        elif part == "text_encoder":
+            from transformers import UMT5Config, UMT5EncoderModel
+
+            model = UMT5EncoderModel(UMT5Config(**config))
+            keep = UMT5EncoderModel._keep_in_fp32_modules if dtype == torch.float16 else None
+        elif part == "vae":
+            from diffusers import AutoencoderKLWan
+
+            model = AutoencoderKLWan.from_config(config)
+            keep = None
+        else:
+            raise ValueError(f"unknown part {part!r}; use transformer, text_encoder or vae")
+    return cast_like_loader(model, dtype, keep).eval()
+
+
 # ------------------------------------------------------------------------------------------------------- writers
 
 

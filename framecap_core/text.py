@@ -13,11 +13,13 @@ window of latent frames gets its frame-major context ``[K, N*text_len, D]`` by i
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,7 +153,9 @@ class CaptionEncoder:
     """Encodes captions through a process-wide cache keyed by (encoder id, text_len, caption).
 
     Call it with a list of captions: returns ``[U, text_len, D]``. ``encoded`` counts captions that actually went
-    through the encoder (tests use it to check that a rerun encodes nothing).
+    through the encoder (tests use it to check that a rerun encodes nothing). ``run_context``: a context manager
+    factory entered around the encoder calls, only when some caption is not cached (the model's placement uses it to
+    bring the encoder onto its device and send it back).
     """
 
     def __init__(
@@ -165,8 +169,10 @@ class CaptionEncoder:
         encoder_id: str | None = None,
         batch_size: int = 8,
         max_cache_entries: int = 256,
+        run_context: Callable[[], AbstractContextManager] | None = None,
     ):
         self.text_encoder = text_encoder
+        self.run_context = run_context
         self.tokenizer = tokenizer
         self.text_len = int(text_len)
         enc_device, enc_dtype = _module_device_dtype(text_encoder)
@@ -181,11 +187,16 @@ class CaptionEncoder:
 
     @classmethod
     def from_model(cls, model, **kwargs: Any) -> CaptionEncoder:
-        """From a loaded ``WanModel`` (its text_len and text encoder id)."""
+        """From a loaded ``WanModel`` (its text_len and text encoder id); with a placement, the encoder moves to its
+        run device only to encode new captions, and embeddings are kept where the encoder rests."""
+        from .placement import running
+
         text_encoder, tokenizer = _encoder_and_tokenizer(model, None)
         kwargs.setdefault("text_len", model.text_len)
         kwargs.setdefault("encoder_id", getattr(model, "text_encoder_id", None) or None)
         kwargs.setdefault("dtype", getattr(model, "dtype", None))
+        if getattr(model, "placement", None) is not None:
+            kwargs.setdefault("run_context", lambda: running(model, "text_encoder"))
         return cls(text_encoder, tokenizer, **kwargs)
 
     @property
@@ -201,14 +212,14 @@ class CaptionEncoder:
             captions = [captions]
         captions = list(captions)
         missing = list(dict.fromkeys(c for c in captions if self._key(c) not in _CACHE))
-        for start in range(0, len(missing), self.batch_size):
-            chunk = missing[start : start + self.batch_size]
-            embeds = encode_captions(
-                self.text_encoder, self.tokenizer, chunk, text_len=self.text_len, device=self.device, dtype=self.dtype
-            )
-            self.encoded += len(chunk)
-            for caption, embed in zip(chunk, embeds):
-                _CACHE[self._key(caption)] = embed
+        with self.run_context() if (missing and self.run_context) else contextlib.nullcontext():
+            for start in range(0, len(missing), self.batch_size):
+                chunk = missing[start : start + self.batch_size]
+                embeds = encode_captions(self.text_encoder, self.tokenizer, chunk, text_len=self.text_len,
+                                         device=self.device, dtype=self.dtype)
+                self.encoded += len(chunk)
+                for caption, embed in zip(chunk, embeds):
+                    _CACHE[self._key(caption)] = embed
         out = []
         for caption in captions:
             key = self._key(caption)

@@ -121,8 +121,9 @@ class FrameCapPMWDSampler:
                            "tooltip": "How pmwd averages overlapping predictions: flat (the paper), pyramid "
                                       "(window centres weigh more), overlap-linear (cross-fade)."}),
                 "window_batch_size": ("INT", {"default": 0, "min": 0, "max": 256,
-                                              "tooltip": "pmwd windows per transformer call; 0 = all windows of a "
-                                                         "step in one call (fastest, most memory)."}),
+                                              "tooltip": "pmwd windows per transformer call; 0 = auto: as many as "
+                                                         "fit the device's free memory (all windows of a step when "
+                                                         "they fit: fastest)."}),
             }
         }
 
@@ -130,6 +131,7 @@ class FrameCapPMWDSampler:
                window_batch_size):
         from framecap_core.backend import WanDenoiser, denormalize_latents
         from framecap_core.pipeline import GenerationSettings, generate, plan_generation
+        from framecap_core.placement import running
 
         _check_model(model)
         if not isinstance(conditioning, FrameLevelConditioning):
@@ -146,19 +148,20 @@ class FrameCapPMWDSampler:
             method=method, window=int(window), overlap=int(overlap), fusion=fusion, df_step=schedule.df_step,
             causal_block_size=schedule.causal_block_size, steps=schedule.steps, guidance=float(guidance),
             shift=schedule.shift, solver=schedule.solver, seed=int(seed), width=int(width), height=int(height),
-            fps=timeline.fps, window_batch_size=int(window_batch_size) or None, negative=conditioning.negative,
+            fps=timeline.fps, window_batch_size=int(window_batch_size) or "auto", negative=conditioning.negative,
         )
         plan = plan_generation(timeline, settings)  # validates; raises ConfigError naming the fix
-        denoiser = WanDenoiser(model.transformer, ctx.unique_embeds, ctx.latent_indices, ctx.negative_embeds,
-                               guidance_scale=float(guidance))
-        previewer = comfy_compat.latent_previewer(model.device, latent_channels=model.latent_channels)
-        if previewer is not None:
-            denoiser = PreviewCollector(denoiser, plan.num_latents)
-        # after every window chunk and every step, with a preview at every step
-        on_progress = preview_progress(comfy_compat.progress_bar(plan.total_forwards), previewer,
-                                       denoiser if previewer is not None else None)
-        result = generate(model, timeline, settings, progress=on_progress, cancel=comfy_compat.cancel_requested,
-                          decode=False, denoiser=denoiser)
+        with running(model, "transformer") as transformer:  # on the device only while sampling
+            denoiser = WanDenoiser(transformer, ctx.unique_embeds, ctx.latent_indices, ctx.negative_embeds,
+                                   guidance_scale=float(guidance))
+            previewer = comfy_compat.latent_previewer(model.device, latent_channels=model.latent_channels)
+            if previewer is not None:
+                denoiser = PreviewCollector(denoiser, plan.num_latents)
+            # after every window chunk and every step, with a preview at every step
+            on_progress = preview_progress(comfy_compat.progress_bar(plan.total_forwards), previewer,
+                                           denoiser if previewer is not None else None)
+            result = generate(model, timeline, settings, progress=on_progress,
+                              cancel=comfy_compat.cancel_requested, decode=False, denoiser=denoiser)
         # The samplers work in the normalized space; a ComfyUI LATENT holds raw VAE latents.
         raw = denormalize_latents(result.latents, model.latents_mean, model.latents_std)[None]  # [1, C, L, h, w]
         info = {
@@ -197,6 +200,7 @@ class FrameCapDecode:
         import torch
 
         from framecap_core.backend import decode_latents
+        from framecap_core.placement import running
 
         _check_model(model)
         if model.vae is None:
@@ -213,13 +217,14 @@ class FrameCapDecode:
         zeros, ones = torch.zeros(channels), torch.ones(channels)
         bar = comfy_compat.progress_bar(samples.shape[0] * samples.shape[2])
         videos = []
-        for item in samples:
 
-            def on_latent(done: int, total: int) -> None:
-                comfy_compat.check_interrupt()
-                bar.update(1)
+        def on_latent(done: int, total: int) -> None:
+            comfy_compat.check_interrupt()
+            bar.update(1)
 
-            videos.append(decode_latents(model.vae, item.float(), zeros, ones, progress=on_latent))
+        with running(model, "vae") as vae:  # on the device only while decoding
+            for item in samples:
+                videos.append(decode_latents(vae, item.float(), zeros, ones, progress=on_latent))
         frames = torch.from_numpy(videos[0] if len(videos) == 1 else np.concatenate(videos))
         return (frames.float().div_(255.0),)
 

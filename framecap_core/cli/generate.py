@@ -120,6 +120,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mdl.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                      help="transformer precision (default: auto = bf16 on GPU, fp32 on CPU)")
     mdl.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    mdl.add_argument("--offload", choices=("none", "model", "sequential"), default="model",
+                     help="what stays on the GPU: model (default) = each part (text encoder, transformer, VAE) only "
+                          "while it runs; none = everything all the time (fastest when it fits); sequential = also "
+                          "the transformer's blocks one at a time (smallest cards, slowest)")
+    mdl.add_argument("--text-encoder-device", choices=("auto", "cpu", "device"), default="auto",
+                     help="where UMT5 runs (once per new caption): device, cpu (keeps its ~11 GB off the GPU), or "
+                          "auto (default: the device when it fits its free memory, else the cpu)")
+    mdl.add_argument("--weight-dtype", choices=("default", "fp8_e4m3fn"), default="default",
+                     help="storage of the transformer's block weights: default (= --dtype) or fp8_e4m3fn (half the "
+                          "memory of bf16, computed in --dtype; weights rounded to fp8)")
+    mdl.add_argument("--vae-dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                     help="VAE precision (default: fp32, as diffusers' Wan examples; bf16 halves decoding memory)")
+    mdl.add_argument("--vram-gb", type=float, default=None, metavar="N",
+                     help="with --dry-run: plan for a GPU of N GiB instead of the free memory of this machine's device")
 
     smp = parser.add_argument_group("sampling (a model's framecap.json may change the defaults shown)")
     smp.add_argument("--method", choices=("pmwd", "sliding", "fifo", "single"), default=None,
@@ -147,9 +161,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help=f"height in pixels, multiple of 16 (default: {d['height']})")
     smp.add_argument("--fps", type=int, default=None, help=f"frames per second, for seconds -> frames and the mp4 (default: {d['fps']}; a "
                           f"canonical timeline JSON's own fps wins)")
-    smp.add_argument("--window-batch-size", type=int, default=None, metavar="K",
-                     help="PMWD windows per transformer call (default: all windows of a step at once; lower it to "
-                          "save memory)")
+    smp.add_argument("--window-batch-size", type=_window_batch_size, default=None, metavar="K|auto",
+                     help="PMWD windows per transformer call (default: auto = as many as fit the device's free "
+                          "memory, all windows of a step when they fit; --dry-run shows the choice)")
     smp.add_argument("--negative", default=None, metavar="TEXT",
                      help="negative prompt (default: the timeline's, else a built-in list of artefacts)")
     smp.add_argument("--lookahead", action="store_true", help="FIFO lookahead denoising (two windows per iteration)")
@@ -160,6 +174,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
+
+
+def _window_batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of windows or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (or 'auto'), got {value}")
+    return value
 
 
 def _model_folder(args) -> Path | None:
@@ -277,6 +303,43 @@ def _silence_loading_bars() -> None:
     transformers_logging.disable_progress_bar()
 
 
+def describe_memory(args, plan, settings) -> str:
+    """The memory plan of a dry run: per-phase peaks on the device (or a ``--vram-gb`` card), a verdict, and the
+    settings that fit when these do not. Architectures come from the model's configs (the shipped Wan2.1-T2V-1.3B
+    ones when no model is given); nothing is loaded."""
+    import torch
+
+    from framecap_core.memory import GiB, ModelArchitecture, device_budget, plan_generation_memory, verdict
+    from framecap_core.models import SHIPPED_CONFIG_DIR, resolve_device, resolve_dtype, resolve_model_source
+
+    config_dir, assumed = SHIPPED_CONFIG_DIR, " (no --model: Wan2.1-T2V-1.3B assumed)"
+    if args.model is not None or args.transformer_file is not None:
+        source = resolve_model_source(args.model, transformer_file=args.transformer_file, vae_file=args.vae_file,
+                                      text_encoder_file=args.text_encoder_file, tokenizer_path=args.tokenizer,
+                                      config_dir=args.config_dir)
+        config_dir = source.config_dir if source.folder is None or args.config_dir else source.folder
+        assumed = ""
+    if args.vram_gb is not None:
+        if args.vram_gb <= 0:
+            raise ConfigError(f"--vram-gb must be a positive number of GiB, got {args.vram_gb:g}; e.g. --vram-gb 12.")
+        device = "cpu" if args.device == "cpu" else "cuda"
+        budget, source_text = int(args.vram_gb * GiB), f"--vram-gb {args.vram_gb:g}"
+    else:
+        dev = resolve_device(args.device)
+        device = dev.type
+        budget, source_text = device_budget(dev)
+    dtype = resolve_dtype(args.dtype, torch.device(device))
+    arch = ModelArchitecture.from_config_dir(config_dir, dtype=dtype, weight_dtype=args.weight_dtype,
+                                             vae_dtype=resolve_dtype(args.vae_dtype))
+    te_device = args.text_encoder_device
+    if te_device == "auto":  # as the loader decides: the device when UMT5 fits its budget next to nothing else
+        te_device = "device" if device == "cpu" or arch.text_encoder_bytes * 1.15 < budget else "cpu"
+    memory, alternative = plan_generation_memory(arch, plan, settings, device=device, budget=budget,
+                                                 budget_source=source_text, offload=args.offload,
+                                                 text_encoder_device=te_device)
+    return f"{memory.describe()}{assumed}\n{verdict(memory, alternative)}"
+
+
 def _legend(settings, plan, model_name: str) -> dict[str, Any]:
     return {
         "model": model_name,
@@ -314,6 +377,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         if int(os.environ.get("RANK", "0")) == 0:
             print(plan.describe(timeline, settings))
+            print(describe_memory(args, plan, settings))
         return 0
     return _generate_and_write(args, timeline, settings, plan)
 
@@ -343,6 +407,9 @@ def _run_distributed(args, opts, settings) -> int:
 
 def _generate_and_write(args, timeline, settings, plan, *, group=None, rank: int = 0, device: str | None = None
                         ) -> int:
+    if args.vram_gb is not None:
+        raise ConfigError("--vram-gb plans for another card and goes with --dry-run; a real run measures the free "
+                          "memory of its own device.")
     if args.out is None:
         raise ConfigError("--out is required (the mp4 to write), e.g. --out video.mp4; or use --dry-run.")
     if args.model is None and args.transformer_file is None:
@@ -385,6 +452,8 @@ def _generate_and_write(args, timeline, settings, plan, *, group=None, rank: int
         text_encoder_file=args.text_encoder_file, tokenizer_path=args.tokenizer, config_dir=args.config_dir,
         checkpoint=args.checkpoint, lora=args.lora, lora_scale=args.lora_scale, dtype=args.dtype,
         device=device or args.device, load_vae_model=main, load_text_encoder_model=main,
+        vae_dtype=args.vae_dtype, offload=args.offload, text_encoder_device=args.text_encoder_device,
+        weight_dtype=args.weight_dtype,
     )
     bar = _ProgressBar(enabled=not args.quiet and main)
     try:
