@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError
+from .models.state_dicts import cast_like_loader
 from .placement import OFFLOAD_MODES, check_choice, store_linear_weights, weight_storage
 
 GiB = 1024**3
@@ -160,20 +161,6 @@ def module_bytes(module: torch.nn.Module) -> int:
 # --------------------------------------------------------------------------------------------------------------------
 # Meta models with the loader's dtypes
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def keep_in_fp32(name: str, keep: list[str] | None) -> bool:
-    """Whether parameter ``name`` stays float32 under a module class's ``_keep_in_fp32_modules`` list."""
-    return bool(keep) and any(m in name.split(".") for m in keep)
-
-
-def cast_like_loader(module: torch.nn.Module, dtype: torch.dtype, keep: list[str] | None = None) -> torch.nn.Module:
-    """Cast floating parameters and buffers to ``dtype`` except those under ``keep`` (float32), in place."""
-    for name, param in module.named_parameters():
-        target = torch.float32 if keep_in_fp32(name, keep) else dtype
-        if param.is_floating_point() and param.dtype != target:
-            param.data = param.data.to(target)
-    return module
 
 
 def meta_transformer(config: dict, *, dtype: torch.dtype, weight_dtype: str = "default", text_len: int = 512,
@@ -555,7 +542,7 @@ def plan_memory(
     ``decode_frames``: pixel frames of the video (their uint8 copies are host memory; counted on the CPU only).
     """
     check_choice("offload", offload, OFFLOAD_MODES)
-    usable = None if budget is None else max(int(budget * (1 - RESERVE_FRACTION)) - RESERVE_BYTES, 0)
+    usable = None if budget is None else usable_bytes(budget)
     on_cpu = device == "cpu"
     acts = window_activations(arch.transformer_config, dtype=arch.dtype, weight_dtype=arch.weight_dtype,
                               text_len=arch.text_len, num_frames=window_latents, latent_hw=latent_hw, guided=guided,
@@ -671,6 +658,21 @@ def device_budget(device: torch.device | str) -> tuple[int, str]:
     return int(psutil.virtual_memory().available), "available RAM"
 
 
+def usable_bytes(budget: int) -> int:
+    """What a GPU budget leaves for tensors: minus the CUDA context, workspaces and fragmentation."""
+    return max(int(budget * (1 - RESERVE_FRACTION)) - RESERVE_BYTES, 0)
+
+
+def text_encoder_fits(arch: ModelArchitecture, budget: int, num_captions: int = CAPTION_BATCH) -> bool:
+    """Whether the text encoder's weights and one call on ``num_captions`` captions fit ``budget`` on a GPU."""
+    if not arch.text_encoder_config:
+        return True
+    batch = min(CAPTION_BATCH, num_captions + 1)
+    need = arch.text_encoder_bytes + text_activation(arch.text_encoder_config, dtype=arch.text_encoder_dtype or
+                                                     arch.dtype, batch=batch, text_len=arch.text_len)
+    return need <= usable_bytes(budget)
+
+
 def auto_window_batch(model, *, num_windows: int, window_latents: int, latent_hw: tuple[int, int],
                       guided: bool, per_token: bool, num_latents: int, num_captions: int, solver: str) -> int:
     """``window_batch_size="auto"`` at run time, with the transformer already on its device: the largest number of
@@ -686,7 +688,7 @@ def auto_window_batch(model, *, num_windows: int, window_latents: int, latent_hw
                               per_token=per_token)
     free, _ = device_budget(device)
     if torch.device(device).type == "cuda":
-        free = max(int(free * (1 - RESERVE_FRACTION)) - RESERVE_BYTES, 0)
+        free = usable_bytes(free)
     buffers = _buffers_of_sampler(arch, num_latents=num_latents, latent_hw=latent_hw, unique=num_captions,
                                   solver=solver)
     return max(1, min(num_windows, acts.max_windows(free - buffers)))

@@ -99,7 +99,8 @@ def _without_child(module: torch.nn.Module, name: str) -> Iterator[None]:
 class Placement:
     """Where a model's parts rest (``home``) and run (``run_device``); ``running`` moves a part for one phase.
 
-    ``moves`` records every move as ``(part, "run" | "rest", device)`` (tests and the curious read it).
+    ``moves`` records every move as ``(part, "run" | "rest", device)`` and ``block_moves`` counts the transformer
+    blocks streamed by sequential offload (tests and the curious read them).
     """
 
     device: torch.device
@@ -107,6 +108,7 @@ class Placement:
     text_encoder_device: str = "device"
     storage: torch.device = field(default_factory=lambda: torch.device("cpu"))
     moves: list[tuple[str, str, str]] = field(default_factory=list)
+    block_moves: int = 0
 
     def __post_init__(self):
         self.device = torch.device(self.device)
@@ -134,9 +136,16 @@ class Placement:
         if part == "transformer" and self.offload == "sequential" and hasattr(module, "blocks"):
             with _without_child(module, "blocks"):
                 module.to(target)
+            def arrive(block, args):
+                block.to(target)
+                self.block_moves += 1
+
+            def leave(block, args, out):
+                block.to(self.storage)
+
             for block in module.blocks:
-                hooks.append(block.register_forward_pre_hook(lambda m, args: m.to(target) and None))
-                hooks.append(block.register_forward_hook(lambda m, args, out: m.to(self.storage) and None))
+                hooks.append(block.register_forward_pre_hook(arrive))
+                hooks.append(block.register_forward_hook(leave))
         else:
             module.to(target)
         try:

@@ -266,7 +266,7 @@ def make_random_part(part: str, config: dict, *, dtype: torch.dtype = torch.floa
     """A randomly initialized Wan ``part`` ("transformer", "text_encoder" or "vae") of any size from its config,
     allocated directly in ``dtype`` on ``device`` (no float32 copy first, so a real-size part needs only its own
     memory), with the loader's float32 islands. For benchmarks and memory checks at real size, offline."""
-    from .memory import cast_like_loader
+    from .models.state_dicts import cast_like_loader
 
     config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
     with _seeded_init(seed), torch.device(device), _default_dtype(dtype):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from framecap_core.errors import ConfigError, ModelLoadError
+from framecap_core.placement import OFFLOAD_MODES, TEXT_ENCODER_DEVICES, WEIGHT_DTYPES
 
 from . import comfy_compat
 
@@ -44,6 +45,9 @@ class _LoadRequest:
     lora_scale: float
     dtype: str
     device: str
+    offload: str = "model"
+    weight_dtype: str = "default"
+    text_encoder_device: str = "auto"
 
     def key(self) -> tuple:
         stamps = []
@@ -53,7 +57,8 @@ class _LoadRequest:
             except OSError:
                 stat = None
             stamps.append((path, stat and (stat.st_size, stat.st_mtime_ns)))
-        return (*stamps, self.lora_scale, self.dtype, self.device)
+        return (*stamps, self.lora_scale, self.dtype, self.device, self.offload, self.weight_dtype,
+                self.text_encoder_device)
 
 
 def _full_path(folder: str, name: str, what: str) -> str:
@@ -64,7 +69,8 @@ def _full_path(folder: str, name: str, what: str) -> str:
     return path
 
 
-def resolve_request(model, vae_name, text_encoder_name, finetune, finetune_strength, dtype, device) -> _LoadRequest:
+def resolve_request(model, vae_name, text_encoder_name, finetune, finetune_strength, dtype, device,
+                    offload="model", weight_dtype="default", text_encoder_device="auto") -> _LoadRequest:
     """Widget values -> the files to load (checks only; loads nothing)."""
     vae_file = None if vae_name in (AUTO, "", None) else _full_path("vae", vae_name, "VAE")
     te_file = None if text_encoder_name in (AUTO, "", None) else _full_path("text_encoders", text_encoder_name,
@@ -89,7 +95,8 @@ def resolve_request(model, vae_name, text_encoder_name, finetune, finetune_stren
                 "in models/text_encoders)."
             )
     device = comfy_compat.default_device() if device == "default" else device
-    return _LoadRequest(source, transformer_file, vae_file, te_file, checkpoint, float(finetune_strength), dtype, device)
+    return _LoadRequest(source, transformer_file, vae_file, te_file, checkpoint, float(finetune_strength), dtype, device,
+                        offload, weight_dtype, text_encoder_device)
 
 
 # One loaded model is kept (ComfyUI also caches node outputs; this keeps a reload cheap when only a widget of a
@@ -108,7 +115,8 @@ def load_model(request: _LoadRequest):
     model = load_wan(
         request.source, transformer_file=request.transformer_file, vae_file=request.vae_file,
         text_encoder_file=request.text_encoder_file, checkpoint=request.checkpoint, lora_scale=request.lora_scale,
-        dtype=request.dtype, device=request.device, frame_level=True,
+        dtype=request.dtype, device=request.device, frame_level=True, offload=request.offload,
+        weight_dtype=request.weight_dtype, text_encoder_device=request.text_encoder_device,
     )
     _MODEL_CACHE[key] = model
     return model
@@ -154,11 +162,25 @@ class FrameCapWanLoader:
                           "tooltip": "Transformer precision: auto = bf16 on a GPU, fp32 on the CPU."}),
                 "device": (["default", "cpu", "cuda"], {"default": "default",
                            "tooltip": "default = ComfyUI's device (the CPU when started with --cpu)."}),
-            }
+            },
+            "optional": {
+                "offload": (list(OFFLOAD_MODES), {"default": "model",
+                            "tooltip": "What stays on the GPU: model = each part (text encoder, transformer, VAE) "
+                                       "only while it runs; none = everything all the time (fastest when it fits); "
+                                       "sequential = also the transformer's blocks one at a time (smallest cards)."}),
+                "weight_dtype": (list(WEIGHT_DTYPES), {"default": "default",
+                                 "tooltip": "Storage of the transformer's block weights: default (= dtype) or "
+                                            "fp8_e4m3fn (half of bf16, computed in dtype; weights rounded to fp8)."}),
+                "text_encoder_device": (list(TEXT_ENCODER_DEVICES), {"default": "auto",
+                                        "tooltip": "Where UMT5 runs (once per new caption): device, cpu (keeps its "
+                                                   "~11 GB off the GPU) or auto (the device when it fits)."}),
+            },
         }
 
-    def load(self, model, vae_name, text_encoder_name, finetune, finetune_strength, dtype, device):
-        request = resolve_request(model, vae_name, text_encoder_name, finetune, finetune_strength, dtype, device)
+    def load(self, model, vae_name, text_encoder_name, finetune, finetune_strength, dtype, device, offload="model",
+             weight_dtype="default", text_encoder_device="auto"):
+        request = resolve_request(model, vae_name, text_encoder_name, finetune, finetune_strength, dtype, device,
+                                  offload, weight_dtype, text_encoder_device)
         return (load_model(request),)
 
 

@@ -309,7 +309,14 @@ def describe_memory(args, plan, settings) -> str:
     ones when no model is given); nothing is loaded."""
     import torch
 
-    from framecap_core.memory import GiB, ModelArchitecture, device_budget, plan_generation_memory, verdict
+    from framecap_core.memory import (
+        GiB,
+        ModelArchitecture,
+        device_budget,
+        plan_generation_memory,
+        text_encoder_fits,
+        verdict,
+    )
     from framecap_core.models import SHIPPED_CONFIG_DIR, resolve_device, resolve_dtype, resolve_model_source
 
     config_dir, assumed = SHIPPED_CONFIG_DIR, " (no --model: Wan2.1-T2V-1.3B assumed)"
@@ -332,8 +339,8 @@ def describe_memory(args, plan, settings) -> str:
     arch = ModelArchitecture.from_config_dir(config_dir, dtype=dtype, weight_dtype=args.weight_dtype,
                                              vae_dtype=resolve_dtype(args.vae_dtype))
     te_device = args.text_encoder_device
-    if te_device == "auto":  # as the loader decides: the device when UMT5 fits its budget next to nothing else
-        te_device = "device" if device == "cpu" or arch.text_encoder_bytes * 1.15 < budget else "cpu"
+    if te_device == "auto":  # as the loader decides: the device when UMT5 and its captions fit the budget
+        te_device = "device" if device == "cpu" or text_encoder_fits(arch, budget, len(plan.unique_captions)) else "cpu"
     memory, alternative = plan_generation_memory(arch, plan, settings, device=device, budget=budget,
                                                  budget_source=source_text, offload=args.offload,
                                                  text_encoder_device=te_device)

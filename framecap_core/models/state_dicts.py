@@ -11,8 +11,18 @@ import torch
 from ..errors import ModelLoadError
 
 
-def _keep_fp32(name: str, keep: list[str] | None) -> bool:
+def keep_in_fp32(name: str, keep: list[str] | None) -> bool:
+    """Whether parameter ``name`` stays float32 under a module class's ``_keep_in_fp32_modules`` list."""
     return bool(keep) and any(m in name.split(".") for m in keep)
+
+
+def cast_like_loader(module: torch.nn.Module, dtype: torch.dtype, keep: list[str] | None = None) -> torch.nn.Module:
+    """Cast floating parameters to ``dtype`` except those under ``keep`` (float32), in place, as loading does."""
+    for name, param in module.named_parameters():
+        target = torch.float32 if keep_in_fp32(name, keep) else dtype
+        if param.is_floating_point() and param.dtype != target:
+            param.data = param.data.to(target)
+    return module
 
 
 def _load_into_meta_model(model_cls, config, state: dict[str, torch.Tensor], *, dtype: torch.dtype, what: str,
@@ -22,15 +32,42 @@ def _load_into_meta_model(model_cls, config, state: dict[str, torch.Tensor], *, 
 
     with init_empty_weights():
         model = from_config(config) if from_config else model_cls(config)
+    tied = _tied_parameters(model)
     expected = model.state_dict()
     _check_state_against(expected, state, what=what, path=path)
-    ready = {}
+    ready, cast = {}, {}
     for name in expected:
         tensor = state[name]
-        target = torch.float32 if _keep_fp32(name, keep_fp32) else dtype
-        ready[name] = tensor.to(target) if tensor.is_floating_point() else tensor
+        target = torch.float32 if keep_in_fp32(name, keep_fp32) else dtype
+        if tensor.is_floating_point():
+            # one cast per distinct tensor: a file tensor stored under two names (UMT5's shared embedding) stays one
+            key = (id(tensor), target)
+            cast[key] = cast[key] if key in cast else tensor.to(target)
+            tensor = cast[key]
+        ready[name] = tensor
     model.load_state_dict(ready, strict=True, assign=True)
+    for name, first in tied.items():  # assign=True gives every name its own Parameter: tie them again
+        module_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(module_name), attr, model.get_parameter(first))
     return model.eval()
+
+
+def _tied_parameters(model: torch.nn.Module) -> dict[str, str]:
+    """``{name: source name}`` of tied weights: the same Parameter under several names, or declared by a
+    transformers model's ``_tied_weights_keys`` (UMT5's ``encoder.embed_tokens.weight`` -> ``shared.weight``; the
+    empty-weights construction does not keep the shared object)."""
+    first: dict[int, str] = {}
+    tied: dict[str, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            tied[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    declared = getattr(model, "_tied_weights_keys", None)
+    if isinstance(declared, dict):
+        names = set(dict(model.named_parameters(remove_duplicate=False)))
+        tied.update({k: v for k, v in declared.items() if k in names and v in names})
+    return tied
 
 
 def _check_state_against(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], *, what: str,

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelLoadError
+from ..errors import ConfigError, ModelLoadError
 from .checkpoint import apply_checkpoint
 from .components import load_text_encoder, load_transformer, load_vae
 from .devices import resolve_device, resolve_dtype
@@ -46,6 +46,7 @@ class WanModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     frame_level: bool = False
     scheduler_config: dict | None = None
+    placement: Any = None  # framecap_core.placement.Placement: where each part rests and runs
 
     @property
     def latent_channels(self) -> int:
@@ -83,13 +84,26 @@ def load_wan(
     text_len: int | None = None,
     load_vae_model: bool = True,
     load_text_encoder_model: bool = True,
+    offload: str = "model",
+    text_encoder_device: str = "auto",
+    weight_dtype: str = "default",
 ) -> WanModel:
     """Load a Wan2.1 text-to-video model (see the module docstring for the accepted sources).
 
     ``checkpoint``: a fine-tune applied on top (full state dict or LoRA, detected); ``lora``: a LoRA applied after
     it, both merged with ``lora_scale``. ``text_len``: tokens per caption (default: the folder's ``framecap.json``,
     else 512). ``frame_level``: install frame-level cross-attention on the transformer.
+
+    Placement (:mod:`framecap_core.placement`; nothing changes on the CPU): ``offload`` "model" (default: each part
+    on ``device`` only while it runs), "none" (all parts stay on it) or "sequential" (also the transformer's blocks
+    one at a time); ``text_encoder_device`` "device", "cpu" or "auto" (the device when UMT5 fits its free memory);
+    ``weight_dtype`` "default" or "fp8_e4m3fn" (the transformer's block linears stored in fp8, computed in ``dtype``).
     """
+    from ..placement import OFFLOAD_MODES, TEXT_ENCODER_DEVICES, WEIGHT_DTYPES, Placement, check_choice
+
+    check_choice("offload", offload, OFFLOAD_MODES)
+    check_choice("text_encoder_device", text_encoder_device, TEXT_ENCODER_DEVICES)
+    check_choice("weight_dtype", weight_dtype, WEIGHT_DTYPES)
     src = resolve_model_source(
         source, transformer_file=transformer_file, vae_file=vae_file, text_encoder_file=text_encoder_file,
         tokenizer_path=tokenizer_path, config_dir=config_dir,
@@ -98,20 +112,27 @@ def load_wan(
     dt = resolve_dtype(dtype, dev)
     te_dt = resolve_dtype(text_encoder_dtype, dev) if text_encoder_dtype is not None else dt
     vae_dt = resolve_dtype(vae_dtype, dev)
+    # Where UMT5 runs is settled first (from its file's size), so that no part is loaded onto the device for nothing.
+    placement = Placement(dev, offload, _text_encoder_device(text_encoder_device, dev, src, te_dt))
 
-    transformer = load_transformer(src.transformer_file or src.folder, config=src.config_dir, dtype=dt, device=dev)
+    transformer = load_transformer(src.transformer_file or src.folder, config=src.config_dir, dtype=dt,
+                                   device=placement.home("transformer"))
     applied = []
     for extra in (checkpoint, lora):
         if extra is not None:
             kind = apply_checkpoint(transformer, extra, lora_scale=lora_scale)
             applied.append(f"{kind} {extra}")
+    if weight_dtype != "default":
+        from ..placement import store_linear_weights
+
+        store_linear_weights(transformer, weight_dtype)  # after fine-tunes: they merge into full-precision weights
 
     vae = None
     vae_source = src.vae_file or src.folder
     if load_vae_model:
         if vae_source is None:
             raise ModelLoadError("No VAE given: pass --vae-file (e.g. wan_2.1_vae.safetensors) or a diffusers folder.")
-        vae = load_vae(vae_source, config=src.config_dir, dtype=vae_dt, device=dev)
+        vae = load_vae(vae_source, config=src.config_dir, dtype=vae_dt, device=placement.home("vae"))
     vae_config = vae.config if vae is not None else _vae_config(src)
 
     text_encoder = tokenizer = None
@@ -122,7 +143,8 @@ def load_wan(
                 "No text encoder given: pass --text-encoder-file (e.g. umt5_xxl_fp16.safetensors) or a diffusers folder."
             )
         text_encoder, tokenizer = load_text_encoder(
-            te_source, config=src.config_dir, tokenizer_path=src.tokenizer_path, dtype=te_dt, device=dev
+            te_source, config=src.config_dir, tokenizer_path=src.tokenizer_path, dtype=te_dt,
+            device=placement.home("text_encoder"),
         )
 
     settings = src.settings
@@ -145,7 +167,7 @@ def load_wan(
     model_id = _digest(
         _component_identity(src.folder, "transformer", src.transformer_file),
         _component_identity(src.folder, "vae", src.vae_file), te_id, checkpoint and _file_identity(Path(checkpoint)),
-        lora and _file_identity(Path(lora)), lora_scale, dt, vae_dt,
+        lora and _file_identity(Path(lora)), lora_scale, dt, vae_dt, weight_dtype,
     )
     description = src.description + (f"; {'; '.join(applied)}" if applied else "")
     return WanModel(
@@ -167,7 +189,26 @@ def load_wan(
         device=dev,
         frame_level=frame_level,
         scheduler_config=scheduler_config,
+        placement=placement,
     )
+
+
+def _text_encoder_device(choice: str, device: torch.device, src: ModelSource, dtype: torch.dtype) -> str:
+    """"auto" -> "device" when the encoder's weights (counted from its config) and one batch of captions fit the
+    device's free memory, else "cpu"; on a CPU everything is "device"."""
+    if choice != "auto":
+        return choice
+    if device.type == "cpu":
+        return "device"
+    from ..memory import ModelArchitecture, device_budget, text_encoder_fits
+
+    folder = src.folder if src.folder is not None and src.text_encoder_file is None else src.config_dir
+    try:
+        arch = ModelArchitecture.from_config_dir(folder, dtype=dtype)
+    except (ConfigError, OSError, ValueError):  # no readable configs: let the encoder try the device
+        return "device"
+    budget, _ = device_budget(device)
+    return "device" if text_encoder_fits(arch, budget) else "cpu"
 
 
 def _vae_config(src: ModelSource) -> dict:
