@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from framecap_core.errors import ConfigError, ModelLoadError
-from framecap_core.placement import OFFLOAD_MODES, TEXT_ENCODER_DEVICES, WEIGHT_DTYPES
 
 from . import comfy_compat
 
@@ -140,6 +139,8 @@ class FrameCapWanLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from framecap_core.placement import OFFLOAD_MODES, TEXT_ENCODER_DEVICES, WEIGHT_DTYPES
+
         return {
             "required": {
                 "model": (model_choices(), {"default": TOY,
@@ -177,10 +178,10 @@ class FrameCapWanLoader:
             },
         }
 
-    def load(self, model, vae_name, text_encoder_name, finetune, finetune_strength, dtype, device, offload="model",
-             weight_dtype="default", text_encoder_device="auto"):
+    def load(self, model, vae_name, text_encoder_name, finetune, finetune_strength, dtype, device, offload=None,
+             weight_dtype=None, text_encoder_device=None):
         request = resolve_request(model, vae_name, text_encoder_name, finetune, finetune_strength, dtype, device,
-                                  offload, weight_dtype, text_encoder_device)
+                                  offload or "model", weight_dtype or "default", text_encoder_device or "auto")
         return (load_model(request),)
 
 

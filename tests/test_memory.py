@@ -205,3 +205,28 @@ def test_generate_resolves_auto_window_batch(tmp_path):
     assert auto.window_batch_size == len(auto.plan.window_spans)  # a tiny model: every window fits at once
     fixed = generate(model, timeline, settings.replace(window_batch_size=None), decode=False)
     assert torch.equal(auto.latents, fixed.latents)
+
+
+def test_gpu_check_smoke_mode_runs_on_the_cpu(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "smoke.json"
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=1800)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["mode"] == "smoke"
+    assert report["video"] == {"latents": 121, "latent_hw": [4, 8], "window": 21, "overlap": 7, "windows": 9}
+    steps = report["pmwd_step"]
+    assert list(steps)[:2] == ["1", "2"] and list(steps)[3] == "all" and list(steps)[2].startswith("auto (")
+    assert all(s["seconds_per_step"] > 0 and s["predicted_peak_gib"] >= 0 for s in steps.values())
+    assert report["plain_loop_step"]["seconds_per_step"] > 0
+    assert report["cross_attention_window_forward"]["ratio"] > 0
+    assert report["decoding"]["frames"] == 9  # 3 latents in smoke mode
+    assert "denoising" in report["memory_plan"]

@@ -321,11 +321,14 @@ def describe_memory(args, plan, settings) -> str:
 
     config_dir, assumed = SHIPPED_CONFIG_DIR, " (no --model: Wan2.1-T2V-1.3B assumed)"
     if args.model is not None or args.transformer_file is not None:
-        source = resolve_model_source(args.model, transformer_file=args.transformer_file, vae_file=args.vae_file,
-                                      text_encoder_file=args.text_encoder_file, tokenizer_path=args.tokenizer,
-                                      config_dir=args.config_dir)
-        config_dir = source.config_dir if source.folder is None or args.config_dir else source.folder
-        assumed = ""
+        try:  # a dry run plans without the files too
+            source = resolve_model_source(args.model, transformer_file=args.transformer_file, vae_file=args.vae_file,
+                                          text_encoder_file=args.text_encoder_file, tokenizer_path=args.tokenizer,
+                                          config_dir=args.config_dir)
+            config_dir = source.config_dir if source.folder is None or args.config_dir else source.folder
+            assumed = ""
+        except ModelLoadError:
+            assumed = " (model files not found: Wan2.1-T2V-1.3B assumed)"
     if args.vram_gb is not None:
         if args.vram_gb <= 0:
             raise ConfigError(f"--vram-gb must be a positive number of GiB, got {args.vram_gb:g}; e.g. --vram-gb 12.")
@@ -344,7 +347,7 @@ def describe_memory(args, plan, settings) -> str:
     memory, alternative = plan_generation_memory(arch, plan, settings, device=device, budget=budget,
                                                  budget_source=source_text, offload=args.offload,
                                                  text_encoder_device=te_device)
-    return f"{memory.describe()}{assumed}\n{verdict(memory, alternative)}"
+    return f"{memory.describe()}\n  architectures from {config_dir}{assumed}\n{verdict(memory, alternative)}"
 
 
 def _legend(settings, plan, model_name: str) -> dict[str, Any]:
