@@ -36,7 +36,7 @@ SHIPPED = os.path.join(os.path.dirname(__file__), "..", "framecap_core", "config
 
 def size_spec(name: str) -> dict:
     """Configs and run geometry of one benchmark size."""
-    from framecap_core.tiny import tiny_text_encoder_config, tiny_transformer_config, tiny_vae_config
+    from framecap_core.testing import tiny_text_encoder_config, tiny_transformer_config, tiny_vae_config
 
     if name == "small":
         return dict(
@@ -58,7 +58,7 @@ def size_spec(name: str) -> dict:
                 return json.load(f)
 
         return dict(transformer=read("transformer"), text_encoder=dict(read("text_encoder"), num_layers=1),
-                    vae=read("vae"), dtype="fp32", text_len=512, window=5, stride=5, latent_hw=(8, 8), windows=1,
+                    vae=read("vae"), dtype="fp32", text_len=512, window=3, stride=3, latent_hw=(8, 8), windows=1,
                     ks=(1,), guided=False, captions=1, decode_latents=3, decode_hw=(8, 8))
     raise SystemExit(f"unknown size {name!r}")
 
@@ -106,7 +106,7 @@ def rss() -> int:
 def warm_up() -> None:
     """First calls of oneDNN / attention / conv kernels allocate caches once; do them before measuring."""
     from framecap_core.backend import decode_latents
-    from framecap_core.tiny import make_tiny_text_encoder, make_tiny_tokenizer, make_tiny_transformer, make_tiny_vae
+    from framecap_core.testing import make_tiny_text_encoder, make_tiny_tokenizer, make_tiny_transformer, make_tiny_vae
 
     transformer = make_tiny_transformer()
     with torch.no_grad():
@@ -127,8 +127,8 @@ def child(args) -> dict:
     from framecap_core.attention import install_frame_level_attention
     from framecap_core.backend import WanDenoiser, decode_latents
     from framecap_core.schedule import flow_sigmas
+    from framecap_core.testing import make_random_part, make_tiny_tokenizer
     from framecap_core.text import encode_captions
-    from framecap_core.tiny import make_random_part, make_tiny_tokenizer
 
     spec = size_spec(args.size)
     dtype = DTYPES[spec["dtype"]]

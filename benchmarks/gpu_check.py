@@ -46,7 +46,7 @@ CAPTIONS = ["a red fox wakes in its den at dawn", "the fox runs through deep sno
 def geometry(smoke: bool) -> dict:
     """Configs, dtype, device and sizes of the run (real size, or the tiny ``--smoke`` stand-ins)."""
     if smoke:
-        from framecap_core.tiny import tiny_text_encoder_config, tiny_transformer_config, tiny_vae_config
+        from framecap_core.testing import tiny_text_encoder_config, tiny_transformer_config, tiny_vae_config
 
         return dict(transformer=tiny_transformer_config(rope_max_seq_len=1024), text_len=16,
                     text_encoder=tiny_text_encoder_config(), vae=tiny_vae_config(), width=64, height=32,
@@ -106,9 +106,9 @@ def run(smoke: bool) -> dict:
     from framecap_core.backend import WanDenoiser, decode_latents
     from framecap_core.pipeline import GenerationSettings, plan_generation
     from framecap_core.schedule import flow_sigmas
+    from framecap_core.testing import make_random_part, make_tiny_tokenizer
     from framecap_core.text import encode_captions
     from framecap_core.timeline import parse_timeline
-    from framecap_core.tiny import make_random_part, make_tiny_tokenizer
 
     g = geometry(smoke)
     device, dtype, text_len = g["device"], g["dtype"], g["text_len"]

@@ -8,7 +8,7 @@ import torch
 
 from framecap_core import memory
 from framecap_core.memory import GiB, ModelArchitecture, plan_memory, trace_peak
-from framecap_core.tiny import tiny_text_encoder_config, tiny_transformer_config, tiny_vae_config
+from framecap_core.testing import tiny_text_encoder_config, tiny_transformer_config, tiny_vae_config
 
 
 def test_trace_counts_allocations_and_frees_exactly():
@@ -193,8 +193,8 @@ def test_dry_run_suggests_settings_that_fit(capsys):
 def test_generate_resolves_auto_window_batch(tmp_path):
     from framecap_core.models import load_wan
     from framecap_core.pipeline import GenerationSettings, generate
+    from framecap_core.testing import save_tiny_wan
     from framecap_core.timeline import parse_timeline
-    from framecap_core.tiny import save_tiny_wan
 
     folder = save_tiny_wan(tmp_path, formats=("diffusers",), text_len=8)["diffusers"]
     model = load_wan(folder, device="cpu", dtype="fp32")

@@ -10,9 +10,9 @@ from framecap_core.memory import module_bytes
 from framecap_core.models import load_text_encoder, load_wan
 from framecap_core.pipeline import GenerationSettings, generate
 from framecap_core.placement import Placement, StoredWeightLinear, weight_storage
+from framecap_core.testing import make_tiny_text_encoder, save_tiny_wan, write_comfy_umt5
 from framecap_core.text import clear_caption_cache
 from framecap_core.timeline import parse_timeline
-from framecap_core.tiny import make_tiny_text_encoder, save_tiny_wan, write_comfy_umt5
 
 
 @pytest.fixture(scope="module")
