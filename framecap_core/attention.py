@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import ConfigError
+from .grid import TEXT_LEN as DEFAULT_TEXT_LEN
 
 if TYPE_CHECKING:  # diffusers is imported lazily: importing this module must stay cheap
     from diffusers import WanTransformer3DModel
@@ -48,9 +49,6 @@ __all__ = [
     "remove_frame_level_attention",
     "stack_frame_captions",
 ]
-
-DEFAULT_TEXT_LEN = 512
-"""Tokens per caption of Wan's UMT5 text encoder (captions are zero-padded to this length)."""
 
 
 def _dispatch_attention_fn():

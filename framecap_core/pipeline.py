@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CancelledError, ConfigError
+from .grid import TEMPORAL_STRIDE, num_latents_for_frames
 from .limits import (
     MAX_FPS,
     MAX_NUM_FRAMES,
@@ -137,12 +138,12 @@ class GenerationSettings:
     @property
     def window_latents(self) -> int:
         """Latents per window: ``(window - 1) // 4 + 1``."""
-        return (self.window - 1) // 4 + 1
+        return num_latents_for_frames(self.window)
 
     @property
     def overlap_latents(self) -> int:
         """Latents shared by consecutive windows: ``overlap // 4``."""
-        return self.overlap // 4
+        return self.overlap // TEMPORAL_STRIDE
 
     @property
     def stride_latents(self) -> int:

@@ -27,8 +27,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError
-
-DEFAULT_TEXT_LEN = 512
+from .grid import TEXT_LEN as DEFAULT_TEXT_LEN
 
 
 def clean_prompt(text: str) -> str:
@@ -245,9 +244,6 @@ def load_caption_encoder(
 ) -> CaptionEncoder:
     """A :class:`CaptionEncoder` over the text encoder of ``source`` (a diffusers folder, ``"toy"`` or a UMT5
     single file), with ``text_len`` from the folder's ``framecap.json`` unless given."""
-    from .models import (
-        DEFAULT_TEXT_LEN as MODEL_TEXT_LEN,
-    )
     from .models import TOY_MODEL_DIR, load_text_encoder, read_framecap_json, resolve_dtype
     from .models.files import _digest
     from .models.wan import _component_identity
@@ -257,7 +253,7 @@ def load_caption_encoder(
                                            device=device)
     folder = path if path.is_dir() else None
     if text_len is None:
-        text_len = int(read_framecap_json(folder).get("text_len", MODEL_TEXT_LEN))
+        text_len = int(read_framecap_json(folder).get("text_len", DEFAULT_TEXT_LEN))
     ident = _digest(_component_identity(folder, "text_encoder", None if folder else path), tokenizer_path,
                     resolve_dtype(dtype, device))
     return CaptionEncoder(encoder, tokenizer, text_len=text_len, encoder_id=ident)

@@ -75,6 +75,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TimelineError
+from .grid import latent_owners, latent_start_frame, num_latents_for_frames
 from .limits import (
     MAX_CAPTION_CHARS,
     MAX_FPS,
@@ -142,7 +143,7 @@ def check_num_frames(n: Any, what: str = "num_frames") -> int:
 
 def num_latents(num_frames: int) -> int:
     """Latent frames of a ``num_frames`` (``4k + 1``) pixel video: ``(num_frames - 1) // 4 + 1`` (81 -> 21)."""
-    return (check_num_frames(num_frames) - 1) // 4 + 1
+    return num_latents_for_frames(check_num_frames(num_frames))
 
 
 def _is_finite_number(value: Any) -> bool:
@@ -329,7 +330,7 @@ class Timeline:
 
     @property
     def num_latents(self) -> int:
-        return (self.num_frames - 1) // 4 + 1
+        return num_latents_for_frames(self.num_frames)
 
     @property
     def duration_seconds(self) -> float:
@@ -460,21 +461,10 @@ class Timeline:
 
 
 def _latent_indices(scenes: list[Scene], num_frames: int) -> list[int]:
-    """Scene index per latent: latent 0 = frame 0; latent i >= 1 = majority of frames 4i-3..4i, ties to the earlier."""
+    """Scene index per latent, by :func:`~framecap_core.grid.latent_owners` (majority of its frames, ties to the
+    earlier scene)."""
     starts = [s.start for s in scenes]
-
-    def scene_of(frame: int) -> int:
-        return bisect_right(starts, frame) - 1
-
-    out = [scene_of(0)]
-    for i in range(1, (num_frames - 1) // 4 + 1):
-        counts: dict[int, int] = {}
-        for frame in range(4 * i - 3, 4 * i + 1):
-            idx = scene_of(frame)
-            counts[idx] = counts.get(idx, 0) + 1
-        # max() keeps the first maximum and dict order is frame order, so a tie goes to the earlier scene.
-        out.append(max(counts, key=counts.__getitem__))
-    return out
+    return latent_owners([bisect_right(starts, frame) - 1 for frame in range(num_frames)])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -789,7 +779,7 @@ def _from_seconds(text: str, num_frames: int | None, fps: int) -> Timeline:
 def _from_equal_split(captions: list[Any], wheres: list[str], num_frames: int | None, fps: int) -> Timeline:
     n = _need_length("equal-split", num_frames)
     captions = [_clean_caption(c, w) for c, w in zip(captions, wheres)]
-    latents = (n - 1) // 4 + 1
+    latents = num_latents_for_frames(n)
     if len(captions) > latents:
         raise TimelineError(
             f"{len(captions)} captions cannot share {latents} latent frames ({n} pixel frames); use at most "
@@ -797,7 +787,7 @@ def _from_equal_split(captions: list[Any], wheres: list[str], num_frames: int | 
         )
     # Caption i starts at latent round(i * L / k); latent j >= 1 starts at pixel frame 4j - 3.
     first_latents = [math.floor(i * latents / len(captions) + 0.5) for i in range(len(captions))]
-    starts = [0 if j == 0 else 4 * j - 3 for j in first_latents]
+    starts = [latent_start_frame(j) for j in first_latents]
     return Timeline(_scenes_from_boundaries(starts, captions, n, wheres, fps), num_frames=n, fps=fps)
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .grid import latent_start_frame, num_latents_for_frames
 from .timeline import Scene, Timeline
 
 __all__ = [
@@ -238,7 +239,7 @@ def random_story(
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     if (num_frames - 1) % 4:
         raise ValueError(f"num_frames must be 4k + 1, got {num_frames}")
-    latents = (num_frames - 1) // 4 + 1
+    latents = num_latents_for_frames(num_frames)
     if isinstance(num_scenes, tuple):
         num_scenes = int(rng.integers(num_scenes[0], num_scenes[1] + 1))
     min_lat = max(1, -(-min_scene_frames // 4))
@@ -249,7 +250,7 @@ def random_story(
         bounds = [0, *cuts, latents]
         if all(b - a >= min_lat for a, b in zip(bounds[:-1], bounds[1:], strict=False)):
             break
-    pix = [0] + [4 * c - 3 for c in cuts] + [num_frames]
+    pix = [0] + [latent_start_frame(c) for c in cuts] + [num_frames]
     scenes: list[ToyScene] = []
     for a, b in zip(pix[:-1], pix[1:], strict=False):
         scenes.append(random_scene(rng, b - a, scenes[-1] if scenes else None))

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import PromptBuildError
+from ..grid import latent_start_frame
 from ..limits import MAX_CAPTION_CHARS, MAX_STORY_CHARS, check_int, check_text_length
 from ..timeline import Timeline, frames_for_seconds, num_latents, parse_timeline
 
@@ -879,9 +880,9 @@ def offline_timeline(
     latent = 0
     previous = ""
     for event, count in zip(events, counts):
-        start = 0 if latent == 0 else 4 * latent - 3
+        start = latent_start_frame(latent)
         latent += count
-        end = num_frames if latent == sum(counts) else 4 * latent - 3
+        end = num_frames if latent == sum(counts) else latent_start_frame(latent)
         caption = standalone_caption(
             event.text, subject=parts.subject, style=parts.style, max_words=max_caption_tokens, previous=previous
         )

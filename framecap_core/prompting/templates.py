@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import DatasetError, PromptBuildError
+from ..grid import latent_start_frame
 from ..timeline import Timeline, frames_for_seconds, num_latents, parse_timeline
 from .offline import DEFAULT_MAX_CAPTION_TOKENS, DEFAULT_MIN_SCENE_SECONDS, truncate_words
 
@@ -212,7 +213,7 @@ def parse_story_answer(
                 f"scene at least {min_scene_seconds:g} s long"
             )
         latent_starts.append(latent)
-    frames = [0] + [4 * j - 3 for j in latent_starts[1:]] + [num_frames]
+    frames = [0] + [latent_start_frame(j) for j in latent_starts[1:]] + [num_frames]
     scenes = []
     for i, caption in enumerate(captions):
         words = len(caption.split())
