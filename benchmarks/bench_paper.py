@@ -69,9 +69,10 @@ def score(frames: np.ndarray, story: tw.ToyStory) -> dict[str, float]:
 def toy_defaults() -> dict:
     """The bundled toy model's generation defaults (its ``framecap.json``), as ``framecap generate --model toy``
     uses them; one window is SHORT frames."""
+    from framecap_core.model_settings import read_model_settings
     from framecap_core.models import TOY_MODEL_DIR
 
-    return json.loads((TOY_MODEL_DIR / "framecap.json").read_text())["defaults"]
+    return read_model_settings(TOY_MODEL_DIR).generation_defaults
 
 
 def run_generation(model, timeline: Timeline, method: str, seed: int) -> np.ndarray:
@@ -90,9 +91,10 @@ def video_level_timeline(story: tw.ToyStory) -> Timeline:
 
 def bundled_build() -> dict:
     """How the bundled toy model was built (``framecap.json`` "build"): the baseline is trained the same way."""
+    from framecap_core.model_settings import read_model_settings
     from framecap_core.models import TOY_MODEL_DIR
 
-    return json.loads((TOY_MODEL_DIR / "framecap.json").read_text())["build"]
+    return read_model_settings(TOY_MODEL_DIR).build
 
 
 def train_video_level(work: Path, steps: int, clips: int, threads: int, seed: int = 0) -> Path:

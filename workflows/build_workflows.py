@@ -20,6 +20,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))  # this checkout's framecap_core, also when run as a plain script
+
+from framecap_core.model_settings import read_model_settings  # noqa: E402
 
 WAN_REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
 MODEL_HINTS = [
@@ -36,7 +39,7 @@ MODEL_HINTS = [
 
 # Toy-model defaults, read from its framecap.json (64 x 64 frames, windows of its training length, its steps, shift
 # and guidance), so the workflows run it as `framecap generate --model toy` does.
-_TOY = json.loads((ROOT / "framecap_core" / "toy_model" / "framecap.json").read_text())["defaults"]
+_TOY = read_model_settings(ROOT / "framecap_core" / "toy_model").generation_defaults
 TOY_SIZE = {"width": _TOY["width"], "height": _TOY["height"]}
 TOY_SCHEDULE = {"steps": _TOY["steps"], "shift": _TOY["shift"], "solver": "auto", "df_step": 0, "causal_block_size": 1}
 TOY_WINDOW = {"window": _TOY["window"], "overlap": _TOY["overlap"], "fusion": "flat", "window_batch_size": 0}
