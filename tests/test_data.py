@@ -479,3 +479,18 @@ def test_build_dataset_script_annotates_with_a_local_openai_server(videos, tmp_p
         assert [mime for mime, _ in images] == ["image/jpeg"] * 3
         assert all(data[:2] == b"\xff\xd8" for _, data in images)  # JPEG
     assert foreign == []
+
+
+def test_build_without_annotations_or_gemini_key_names_this_scripts_options(videos, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    path = Path(__file__).resolve().parents[1] / "training" / "build_dataset.py"
+    spec = importlib.util.spec_from_file_location("framecap_build_dataset_nokey", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(videos), "--out", str(tmp_path), "--min-duration", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "GEMINI_API_KEY" in err and "--annotator openai" in err and "--plan-only" in err and "--annotations" in err
+    assert "--backend offline" not in err and not (tmp_path / "manifest.jsonl").exists()

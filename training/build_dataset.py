@@ -53,6 +53,14 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def _gemini_key_set() -> bool:
+    import os
+
+    from framecap_core.prompting.gemini import API_KEY_ENV_VARS
+
+    return any(os.environ.get(name, "").strip() for name in API_KEY_ENV_VARS)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     defaults = DatasetConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -111,6 +119,14 @@ def main(argv=None) -> int:
 
         # who writes the captions: the --annotator LLM, unless every clip is in --annotations (then it is never called)
         annotator = None
+        if not args.plan_only and args.annotator == "gemini" and not args.annotations and not _gemini_key_set():
+            # without a key every clip would fail one by one with a message about `framecap prompt`; say it once,
+            # with this script's own ways out
+            raise FrameCapError(
+                "no Gemini API key to annotate the clips: set GEMINI_API_KEY (or GOOGLE_API_KEY) in the environment, "
+                "annotate with a local vision model (--annotator openai --model qwen2.5vl:7b), or caption the clips "
+                "elsewhere (--plan-only writes plan.jsonl; bring the captions back with --annotations FILE)."
+            )
         if not args.plan_only:
             annotator = llm_annotator(args.annotator, model=args.model, base_url=args.base_url, max_side=args.max_side)
 
