@@ -4,7 +4,6 @@ what a single file holds (told apart by its tensor names), the candidate files o
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -14,12 +13,12 @@ import torch
 
 from ..convert import TRANSFORMER_PREFIXES
 from ..errors import ModelLoadError
+from ..model_settings import FRAMECAP_JSON  # noqa: F401 - re-exported; defined once in model_settings
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # framecap_core/
 SHIPPED_CONFIG_DIR = PACKAGE_DIR / "configs" / "wan2.1_t2v_1.3b"
 TOY_MODEL_DIR = PACKAGE_DIR / "toy_model"
 DEFAULT_TEXT_LEN = 512  # Wan pads / truncates every caption to 512 UMT5 tokens
-FRAMECAP_JSON = "framecap.json"  # optional per-folder settings, e.g. {"text_len": 64} for small models
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 
@@ -167,16 +166,8 @@ def list_model_files(folder: str | os.PathLike, *, max_depth: int = 2) -> dict[s
 
 
 def read_framecap_json(folder: str | os.PathLike | None) -> dict:
-    """Settings a model folder carries in ``framecap.json`` (e.g. ``{"text_len": 64}``); {} when absent."""
-    if folder is None:
-        return {}
-    path = Path(folder) / FRAMECAP_JSON
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path} is not valid JSON ({exc}); fix or delete it.") from None
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path} must hold a JSON object such as {{\"text_len\": 512}}.")
-    return data
+    """Settings a model folder carries in ``framecap.json`` (e.g. ``{"text_len": 64}``); {} when absent. The one
+    reader is :func:`framecap_core.model_settings.read_model_settings`."""
+    from ..model_settings import read_model_settings
+
+    return read_model_settings(folder).raw
