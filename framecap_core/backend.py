@@ -34,11 +34,24 @@ from .attention import frame_level_text_len, stack_frame_captions
 from .errors import ConfigError, NumericalError
 
 __all__ = ["WanDenoiser", "decode_latents", "denormalize_latents", "iter_decoded_latents", "normalize_latents",
-           "to_uint8_frames"]
+           "to_uint8_frames", "token_timesteps"]
 
 
 def _param(module: torch.nn.Module) -> torch.Tensor:
     return next(module.parameters())
+
+
+def token_timesteps(t: torch.Tensor, tokens_per_frame: int, *, per_token: bool = False) -> torch.Tensor:
+    """The ``timestep`` argument of Wan's transformer for per-frame timesteps ``t [B, N]`` (in [0, 1000]).
+
+    Returns ``[B]`` when every frame of each sample shares one timestep (the stock, cheaper path) unless
+    ``per_token``, else ``[B, N * tokens_per_frame]``: each frame's timestep repeated over its ``h*w`` tokens
+    (frame-major, as Wan orders its tokens), which diffusers' Wan transformer turns into per-token modulation.
+    Sampling and training both feed the transformer through this.
+    """
+    if not per_token and bool((t == t[:, :1]).all()):
+        return t[:, 0]
+    return t.repeat_interleave(tokens_per_frame, dim=1)
 
 
 class WanDenoiser:
@@ -132,9 +145,7 @@ class WanDenoiser:
 
     def timesteps(self, t: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
         """Transformer timestep for ``t [K, N]``: ``[K]`` when each window's frames share t, else ``[K, N*hw]``."""
-        if not self.force_per_token and bool((t == t[:, :1]).all()):
-            return t[:, 0]
-        return t.repeat_interleave(tokens_per_frame, dim=1)
+        return token_timesteps(t, tokens_per_frame, per_token=self.force_per_token)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """``x [K, C, N, h, w]`` (normalized latents), ``t [K, N]`` in [0, 1000], ``frames [K, N]`` -> ``v`` float32
