@@ -38,8 +38,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import choices
 from .errors import CancelledError, ConfigError
-from .grid import TEMPORAL_STRIDE, num_latents_for_frames
+from .grid import PATCH_SIZE, TEMPORAL_STRIDE, VAE_SCALE, latent_size, num_latents_for_frames, size_multiple
 from .limits import (
     MAX_FPS,
     MAX_NUM_FRAMES,
@@ -51,7 +52,7 @@ from .limits import (
     check_number,
     reduce_seed,
 )
-from .timeline import Timeline
+from .timeline import DEFAULT_NEGATIVE, Timeline, negative_prompt
 
 __all__ = [
     "DEFAULT_NEGATIVE",
@@ -63,22 +64,15 @@ __all__ = [
     "plan_generation",
 ]
 
-METHODS = ("pmwd", "sliding", "fifo", "single")
-SOLVER_CHOICES = ("auto", "euler", "unipc")
-FUSIONS = ("flat", "pyramid", "overlap-linear")
-DTYPES = ("auto", "bf16", "fp16", "fp32")
+# The names of each choice, from the one table (choices.py) that argparse and the node widgets read too.
+METHODS = tuple(choices.METHODS)
+SOLVER_CHOICES = tuple(choices.SOLVERS)
+FUSIONS = tuple(choices.FUSIONS)
+DTYPES = tuple(choices.DTYPES)
 
-# Spatial size one latent pixel covers (VAE 8) times the transformer patch (2): width / height must be multiples.
-SIZE_MULTIPLE = 16
-
-# Wan's own default negative prompt is long and in Chinese; FrameCap defaults to a short English one that names the
-# same failure modes. The timeline's ``negative`` wins when set, and ``GenerationSettings.negative`` wins over both.
-DEFAULT_NEGATIVE = (
-    "bright colors, overexposed, static, blurred details, subtitles, worst quality, low quality, JPEG artifacts, "
-    "ugly, deformed, disfigured, extra fingers, poorly drawn hands, poorly drawn face, still picture, cluttered "
-    "background, walking backwards"
-)
-
+# Spatial size one latent pixel covers (VAE 8) times the transformer patch (2) for Wan2.1: width / height must be
+# multiples. A model with another VAE stride or patch is checked against its own (plan_generation).
+SIZE_MULTIPLE = size_multiple()
 
 def _default_shift() -> float:
     from .schedule import DEFAULT_SHIFT
@@ -162,8 +156,11 @@ class GenerationSettings:
 
     # -- validation -----------------------------------------------------------------------------------------------
 
-    def validate(self) -> GenerationSettings:
-        """Raise :class:`ConfigError` (what is wrong and the fix) on the first bad setting; return self."""
+    def validate(self, *, vae_scale: int = VAE_SCALE, patch_size: tuple[int, int, int] = PATCH_SIZE) -> GenerationSettings:
+        """Raise :class:`ConfigError` (what is wrong and the fix) on the first bad setting; return self.
+
+        ``vae_scale`` / ``patch_size``: the model's VAE stride and transformer patch (Wan2.1's by default), which
+        width and height must be multiples of."""
 
         def need_int(name: str, low: int, hint: str, high: int = MAX_NUM_LATENTS) -> int:
             value = getattr(self, name)
@@ -215,13 +212,14 @@ class GenerationSettings:
                 + ("fifo" if self.method == "fifo" else f"df_step={self.df_step}")
                 + " gives per-latent timesteps; use solver 'euler' or 'auto'."
             )
+        multiple = size_multiple(vae_scale, patch_size)
         for name in ("width", "height"):
-            value = need_int(name, SIZE_MULTIPLE, "use e.g. 832x480", MAX_SIDE)
-            if value % SIZE_MULTIPLE:
-                lower = value - value % SIZE_MULTIPLE
+            value = need_int(name, multiple, "use e.g. 832x480", MAX_SIDE)
+            if value % multiple:
+                lower = value - value % multiple
                 raise ConfigError(
-                    f"{name}={value} is not a multiple of {SIZE_MULTIPLE} (VAE stride 8 x patch 2); use "
-                    f"{max(lower, SIZE_MULTIPLE)} or {lower + SIZE_MULTIPLE}.",
+                    f"{name}={value} is not a multiple of {multiple} (VAE stride {vae_scale} x patch "
+                    f"{max(patch_size[1:])}); use {max(lower, multiple)} or {lower + multiple}.",
                     field=name,
                 )
         if self.fps is not None:
@@ -241,9 +239,7 @@ class GenerationSettings:
         return "unipc" if self.df_step == 0 and self.method != "fifo" else "euler"
 
     def resolved_negative(self, timeline: Timeline) -> str:
-        if self.negative is not None:
-            return self.negative
-        return timeline.negative or DEFAULT_NEGATIVE
+        return negative_prompt(timeline, self.negative)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -253,12 +249,13 @@ class GenerationSettings:
 
 @dataclass
 class GenerationPlan:
-    """What a generation will do, computed without a model (``framecap generate --dry-run``).
+    """What a generation will do, computed once without a model (``framecap generate --dry-run``), then handed to
+    :func:`generate` (``generate(model, plan)``), whose sampler runs ``plan.sampler`` as it is.
 
     Attributes:
         method, solver: as resolved from the settings.
         num_frames, num_latents: video length in pixel frames and latents.
-        latent_size: ``(h, w)`` latent height and width (pixels / 8).
+        latent_size: ``(h, w)`` latent height and width (pixels / the VAE stride).
         window_latents, stride_latents, overlap_latents: the window geometry actually used (capped at the video).
         window_spans: ``(start, end)`` latents of each window, end exclusive (fifo: every queue position).
         num_steps: sampler steps / iterations.
@@ -268,6 +265,9 @@ class GenerationPlan:
         latent_captions: caption of every latent.
         unique_captions: distinct captions (each encoded once).
         negative: the negative prompt used.
+        timeline, settings: what was planned (settings validated).
+        sampler: the sampler run (:class:`~framecap_core.sampling.SamplerPlan`).
+        vae_scale: the VAE stride ``latent_size`` was computed with.
         num_processes: processes sharing each step's windows (pmwd under ``torchrun``; 1 otherwise).
     """
 
@@ -287,6 +287,10 @@ class GenerationPlan:
     latent_captions: list[str]
     unique_captions: list[str]
     negative: str
+    timeline: Timeline | None = None
+    settings: GenerationSettings | None = None
+    sampler: Any = None
+    vae_scale: int = VAE_SCALE
     num_processes: int = 1
 
     @property
@@ -303,20 +307,22 @@ class GenerationPlan:
         counts = ", ".join(str(k) for k in sizes[:-1]) + f" and {sizes[-1]}"
         return f"{self.num_processes} processes, {counts} windows per step"
 
-    def describe(self, timeline: Timeline | None = None, settings: GenerationSettings | None = None) -> str:
-        """Human-readable plan: geometry, cost, windows and the caption of each latent."""
+    def headline(self) -> str:
+        """Three lines: method and size, window geometry, cost (what the CLI prints before a run)."""
         h, w = self.latent_size
         guidance = "cond + uncond in one batch" if self.batch_rows_per_forward > 1 else "no guidance"
-        lines = [
+        return "\n".join([
             f"method {self.method} (solver {self.solver}), {self.num_frames} frames = {self.num_latents} latents "
             f"of {h}x{w}",
             f"window {self.window_latents} latents, stride {self.stride_latents}, overlap {self.overlap_latents}; "
             f"{len(self.window_spans)} windows",
             f"{self.num_steps} steps, {self.forwards_per_step} window forwards per step, {self.total_forwards} in "
             f"total ({self.forwards_per_latent:.2f} per latent), {guidance}",
-        ]
-        if self.num_processes > 1:
-            lines.append(self.process_share())
+        ] + ([self.process_share()] if self.num_processes > 1 else []))
+
+    def describe(self, timeline: Timeline | None = None, settings: GenerationSettings | None = None) -> str:
+        """Human-readable plan: geometry, cost, windows and the caption of each latent."""
+        lines = [self.headline()]
         if settings is not None:
             lines.append(
                 f"seed {settings.seed}, guidance {settings.guidance}, shift {settings.shift}, fusion {settings.fusion}, "
@@ -353,23 +359,26 @@ def _check_timeline(timeline: Any) -> Timeline:
     return timeline
 
 
-def plan_generation(timeline: Timeline, settings: GenerationSettings, num_processes: int = 1) -> GenerationPlan:
+def plan_generation(
+    timeline: Timeline,
+    settings: GenerationSettings,
+    num_processes: int = 1,
+    *,
+    vae_scale: int = VAE_SCALE,
+    patch_size: tuple[int, int, int] = PATCH_SIZE,
+) -> GenerationPlan:
     """The plan of ``generate(model, timeline, settings)``: geometry, windows, cost and captions (no model needed).
 
     ``num_processes`` > 1: the processes of a ``torchrun`` launch share each step's windows; only ``pmwd`` can.
-    """
-    from .sampling import estimate_cost
-    from .windows import plan_windows
+    ``vae_scale`` / ``patch_size``: the model's VAE stride and transformer patch (``WanModel.vae_scale`` /
+    ``patch_size``; Wan2.1's by default)."""
+    from .sampling import plan_sampler
 
     timeline = _check_timeline(timeline)
-    settings.validate()
-    num = timeline.num_latents
-    n = min(settings.window_latents, num)
-    overlap = min(settings.overlap_latents, n - 1) if n > 1 else 0
-    stride = max(n - overlap, 1)
+    settings.validate(vae_scale=vae_scale, patch_size=patch_size)
     solver = settings.resolved_solver()
-    method = settings.method
-    if settings.df_step > 0 and method in ("pmwd", "single"):
+    num = timeline.num_latents
+    if settings.df_step > 0 and settings.method in ("pmwd", "single"):
         # The Diffusion Forcing schedule is an iterations x latents table: bound it before it is built.
         iterations = settings.steps + settings.df_step * (math.ceil(num / settings.causal_block_size) - 1)
         if iterations > MAX_SAMPLER_ITERATIONS:
@@ -379,53 +388,42 @@ def plan_generation(timeline: Timeline, settings: GenerationSettings, num_proces
                 f"causal_block_size.",
                 field="df_step",
             )
-    if num_processes > 1 and method != "pmwd":
+    if num_processes > 1 and settings.method != "pmwd":
+        method = settings.method
         raise ConfigError(
             f"method {method!r} evaluates one window at a time, each after the previous, so {num_processes} "
             f"processes cannot share it; use method 'pmwd', whose windows are shared, or run {method!r} in one "
             f"process (without torchrun)."
         )
-    if method == "pmwd":
-        starts = plan_windows(num, n, stride)
-        cost = estimate_cost("pmwd", num, window=n, num_steps=settings.steps, stride=stride,
-                             df_step_size=settings.df_step, causal_block_size=settings.causal_block_size,
-                             window_batch_size=settings.fixed_window_batch_size, solver=solver)
-        spans = [(s, s + n) for s in starts]
-        per_step = len(starts)
-    elif method == "sliding":
-        starts = plan_windows(num, n, stride)
-        cost = estimate_cost("sliding", num, window=n, num_steps=settings.steps, context=overlap)
-        spans = [(s, s + n) for s in starts]
-        per_step = 1
-    elif method == "fifo":
-        cost = estimate_cost("fifo", num, window=n, lookahead=settings.lookahead)
-        spans = [(0, n)] + [(i, min(i + n, num)) for i in range(1, num - n + 1)] if num > n else [(0, n)]
-        per_step = 2 if settings.lookahead and num > n else 1
-        stride, overlap = 1, n - 1
-    else:  # single
-        cost = estimate_cost("single", num, window=num, num_steps=settings.steps, df_step_size=settings.df_step,
-                             causal_block_size=settings.causal_block_size, solver=solver)
-        spans = [(0, num)]
-        per_step = 1
-        n, stride, overlap = num, num, 0
+    sampler = plan_sampler(
+        settings.method, num, window_latents=settings.window_latents,
+        overlap_latents=settings.overlap_latents, num_steps=settings.steps, shift=settings.shift, solver=solver,
+        fusion=settings.fusion, window_batch_size=settings.fixed_window_batch_size, df_step_size=settings.df_step,
+        causal_block_size=settings.causal_block_size, lookahead=settings.lookahead,
+        extra_noise_seed=(int(settings.seed) + 1) % SEED_MODULUS,
+    )
     return GenerationPlan(
-        method=method,
+        method=settings.method,
         solver=solver,
         num_frames=timeline.num_frames,
-        num_latents=num,
-        latent_size=(settings.height // 8, settings.width // 8),
-        window_latents=n,
-        stride_latents=stride,
-        overlap_latents=overlap,
-        window_spans=spans,
-        num_steps=cost.steps,
-        forwards_per_step=per_step,
-        total_forwards=cost.window_forwards,
+        num_latents=timeline.num_latents,
+        latent_size=latent_size(settings.height, settings.width, vae_scale),
+        window_latents=sampler.window_latents,
+        stride_latents=sampler.stride_latents,
+        overlap_latents=sampler.overlap_latents,
+        window_spans=sampler.window_spans,
+        num_steps=sampler.cost.steps,
+        forwards_per_step=sampler.forwards_per_step,
+        total_forwards=sampler.cost.window_forwards,
         batch_rows_per_forward=2 if settings.guidance != 1 else 1,
         latent_captions=timeline.latent_captions(),
         unique_captions=timeline.unique_captions(),
         negative=settings.resolved_negative(timeline),
         num_processes=num_processes,
+        timeline=timeline,
+        settings=settings,
+        sampler=sampler,
+        vae_scale=vae_scale,
     )
 
 
@@ -484,10 +482,9 @@ class GenerationResult:
 
     def scene_frames(self) -> list[Any] | None:
         """One decoded frame per scene (its middle frame), for the storyboard."""
-        if self.frames is None:
-            return None
-        last = self.frames.shape[0] - 1
-        return [self.frames[min((s.start + s.end - 1) // 2, last)] for s in self.timeline.scenes]
+        from .output import scene_frames
+
+        return None if self.frames is None else scene_frames(self.frames, self.timeline)
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -495,7 +492,7 @@ ProgressCallback = Callable[[ProgressEvent], None]
 
 def generate(
     model,
-    timeline: Timeline,
+    timeline: Timeline | GenerationPlan,
     settings: GenerationSettings | None = None,
     *,
     progress: ProgressCallback | None = None,
@@ -510,7 +507,8 @@ def generate(
 
     Args:
         model: the loaded model (frame-level attention installed, as ``load_wan`` does by default).
-        timeline: scenes and captions; its length fixes the number of latents.
+        timeline: scenes and captions; its length fixes the number of latents. Or a :class:`GenerationPlan` from
+            :func:`plan_generation` (then ``settings`` stays None): the run follows that plan, planning nothing again.
         settings: knobs (defaults: :class:`GenerationSettings`); ``settings.device`` / ``dtype`` are the caller's
             business at load time, the run uses the model's.
         progress: called with a :class:`ProgressEvent` per caption batch, window chunk, step and decoded latent.
@@ -531,16 +529,31 @@ def generate(
     """
     import torch
 
-    from . import sampling
     from .backend import WanDenoiser, decode_latents
     from .distributed import broadcast_tensors, group_rank_and_size
     from .placement import running
-    from .schedule import df_sigma_matrix, flow_sigmas
+    from .sampling import run_sampler
 
-    settings = (settings or GenerationSettings()).validate()
-    timeline = _check_timeline(timeline)
     rank, world = group_rank_and_size(process_group)
-    plan = plan_generation(timeline, settings, num_processes=world)
+    vae_scale = int(getattr(model, "vae_scale", VAE_SCALE))
+    if isinstance(timeline, GenerationPlan):
+        if settings is not None:
+            raise ConfigError("generate(model, plan) takes its settings from the plan; leave settings unset.")
+        plan = timeline
+        if plan.vae_scale != vae_scale:
+            raise ConfigError(
+                f"the plan was made for a VAE stride of {plan.vae_scale} but the model's is {vae_scale}; plan with "
+                "plan_generation(timeline, settings, vae_scale=model.vae_scale, patch_size=model.patch_size)."
+            )
+        if plan.num_processes != world:
+            raise ConfigError(
+                f"the plan was made for {plan.num_processes} process(es) but the process group has {world}; plan "
+                f"with plan_generation(timeline, settings, num_processes={world})."
+            )
+    else:
+        plan = plan_generation(timeline, settings or GenerationSettings(), world, vae_scale=vae_scale,
+                               patch_size=tuple(getattr(model, "patch_size", PATCH_SIZE)))
+    timeline, settings = plan.timeline, plan.settings
     timings: dict[str, float] = {}
 
     def report(event: ProgressEvent) -> None:
@@ -579,30 +592,12 @@ def generate(
                              ev.num_windows, ev.sigma))
 
     t0 = time.perf_counter()
-    n, stride = plan.window_latents, plan.stride_latents
-    matrix = None
-    if settings.df_step > 0 and settings.method in ("pmwd", "single"):
-        matrix = df_sigma_matrix(settings.steps, plan.num_latents, step_size=settings.df_step,
-                                 causal_block_size=settings.causal_block_size, shift=settings.shift)
-    sigmas = flow_sigmas(settings.steps, settings.shift)
     with running(model, "transformer") if own_denoiser else contextlib.nullcontext() as transformer:
         if own_denoiser:
             denoiser = WanDenoiser(transformer, embeds[0], embeds[1], embeds[2], guidance_scale=float(settings.guidance))
         batch = resolve_window_batch_size(model, plan, settings) if own_denoiser else settings.fixed_window_batch_size
-        if settings.method == "pmwd":
-            latents = sampling.pmwd(denoiser, noise, sigmas, window=n, stride=stride, fusion=settings.fusion,
-                                    window_batch_size=batch, solver=plan.solver, df_sigma_matrix=matrix,
-                                    callback=on_event, process_group=process_group)
-        elif settings.method == "single":
-            latents = sampling.single_window(denoiser, noise, sigmas, solver=plan.solver, df_sigma_matrix=matrix,
-                                             callback=on_event)
-        elif settings.method == "sliding":
-            latents = sampling.sliding_window(denoiser, noise, sigmas, window=n, context=plan.overlap_latents,
-                                              solver=plan.solver, callback=on_event)
-        else:
-            fifo_gen = torch.Generator().manual_seed((int(settings.seed) + 1) % SEED_MODULUS)
-            latents = sampling.fifo(denoiser, noise, None, window=n, lookahead=settings.lookahead,
-                                    shift=settings.shift, generator=fifo_gen, callback=on_event)
+        sampler = dataclasses.replace(plan.sampler, window_batch_size=batch)
+        latents = run_sampler(sampler, denoiser, noise, callback=on_event, process_group=process_group)
     timings["denoise"] = time.perf_counter() - t0
     latents = latents.float().cpu()
 

@@ -22,18 +22,26 @@ which is why PMWD fuses all windows first and steps once per sequence.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
 
+from framecap_core.choices import METHODS as METHOD_CHOICES
+from framecap_core.choices import SOLVERS as SOLVER_CHOICES
 from framecap_core.errors import ConfigError, NumericalError
-from framecap_core.schedule import DEFAULT_SHIFT, NUM_TRAIN_TIMESTEPS, df_step_indices, flow_sigmas
+from framecap_core.schedule import (
+    DEFAULT_SHIFT,
+    NUM_TRAIN_TIMESTEPS,
+    df_sigma_matrix,
+    df_step_indices,
+    flow_sigmas,
+)
 from framecap_core.windows import FUSION_KINDS, WindowFuser, fusion_weights, plan_windows
 
-SOLVERS = ("euler", "unipc")
-METHODS = ("pmwd", "single", "sliding", "fifo")
+SOLVERS = tuple(name for name in SOLVER_CHOICES if name != "auto")  # the concrete solvers ("auto" picks one)
+METHODS = tuple(METHOD_CHOICES)
 
 
 class Denoiser(Protocol):
@@ -312,6 +320,7 @@ def pmwd(
     window_batch_size: int | None = None,
     solver: str = "euler",
     df_sigma_matrix: torch.Tensor | None = None,
+    window_starts: Sequence[int] | None = None,
     callback: Callback | None = None,
     process_group=None,
 ) -> torch.Tensor:
@@ -335,6 +344,8 @@ def pmwd(
         solver: "euler" or "unipc" (UniPC only when all frames share the timestep).
         df_sigma_matrix: ``[M + 1, L]`` per-frame schedule from ``schedule.df_sigma_matrix``; frames then get their
             own timesteps and Euler updates ``x += (s_next - s) * v``.
+        window_starts: the window starts already planned (a :class:`SamplerPlan`'s); default
+            ``plan_windows(L, window, stride)``.
         callback: called with a ``SamplerEvent`` after every chunk of windows and every step.
         process_group: a ``torch.distributed`` process group whose processes share every step's windows
             (:mod:`framecap_core.distributed`); every process calls ``pmwd`` with the same arguments and gets the
@@ -348,7 +359,7 @@ def pmwd(
     _check_noise(noise)
     num_latents = noise.shape[1]
     matrix = _sigma_matrix(sigmas, df_sigma_matrix, num_latents)
-    starts = plan_windows(num_latents, window, stride)
+    starts = list(window_starts) if window_starts is not None else plan_windows(num_latents, window, stride)
     n = min(window, num_latents)
     if fusion not in FUSION_KINDS:
         raise ConfigError(f"unknown fusion {fusion!r}; use one of {', '.join(FUSION_KINDS)}.")
@@ -517,6 +528,7 @@ def sliding_window(
     context_noise: float = 0.0,
     solver: str = "euler",
     generator: torch.Generator | None = None,
+    window_starts: Sequence[int] | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Sequential (autoregressive) sliding window: the baseline PMWD is compared with.
@@ -533,6 +545,8 @@ def sliding_window(
         window: latents per window; context: ``0 <= context < window`` latents reused from the previous window.
         context_noise: sigma of the re-noised context, in ``[0, 1)``.
         generator: noise for re-noising the context; None reuses those latents' own initial noise (deterministic).
+        window_starts: the window starts already planned (a :class:`SamplerPlan`'s); default
+            ``plan_windows(L, window, window - context)``.
 
     Returns:
         ``[C, L, H, W]``.
@@ -547,7 +561,7 @@ def sliding_window(
         )
     if not 0.0 <= context_noise < 1.0:
         raise ConfigError(f"context_noise must be in [0, 1), got {context_noise}; use 0 (clean) or e.g. 0.1.")
-    starts = plan_windows(num_latents, window, window - context)
+    starts = list(window_starts) if window_starts is not None else plan_windows(num_latents, window, window - context)
     n = min(window, num_latents)
     steps = (grid.shape[0] - 1) * len(starts)
     progress = _Progress("sliding", SamplerCost(steps, steps, steps), callback)
@@ -684,6 +698,23 @@ def estimate_cost(
     """
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; use one of {', '.join(METHODS)}.")
+    starts = None
+    if method == "sliding":
+        if context is None:
+            raise ConfigError("estimate_cost('sliding') needs context.")
+        starts = plan_windows(num_latents, window, window - context)
+    elif method == "pmwd":
+        if stride is None:
+            raise ConfigError("estimate_cost('pmwd') needs stride.")
+        starts = plan_windows(num_latents, window, stride)
+    return _cost(method, num_latents, starts, window=window, num_steps=num_steps, lookahead=lookahead,
+                 df_step_size=df_step_size, causal_block_size=causal_block_size,
+                 window_batch_size=window_batch_size, solver=solver)
+
+
+def _cost(method, num_latents, starts, *, window, num_steps, lookahead, df_step_size, causal_block_size,
+          window_batch_size, solver) -> SamplerCost:
+    """:func:`estimate_cost` for windows already planned (``starts``: pmwd and sliding)."""
     if method == "fifo":
         steps = window + (num_latents if num_latents > window else 0)
         extra = num_latents - 1 if lookahead and window // 2 > 0 and num_latents > window else 0
@@ -691,9 +722,7 @@ def estimate_cost(
     if num_steps is None:
         raise ConfigError(f"estimate_cost({method!r}) needs num_steps.")
     if method == "sliding":
-        if context is None:
-            raise ConfigError("estimate_cost('sliding') needs context.")
-        total = num_steps * len(plan_windows(num_latents, window, window - context))
+        total = num_steps * len(starts)
         return SamplerCost(total, total, total)
     indices = df_step_indices(num_steps, num_latents, step_size=df_step_size, causal_block_size=causal_block_size)
     moving = _moving(indices)
@@ -701,9 +730,6 @@ def estimate_cost(
     if method == "single":
         steps = moving.shape[0] if unipc else int(moving.any(dim=1).sum())
         return SamplerCost(steps, steps, steps)
-    if stride is None:
-        raise ConfigError("estimate_cost('pmwd') needs stride.")
-    starts = plan_windows(num_latents, window, stride)
     plan = _pmwd_plan(moving, starts, min(window, num_latents), every_step=unipc)
     batch = window_batch_size or len(starts)
     return SamplerCost(sum(len(a) for a in plan), sum(-(-len(a) // batch) for a in plan), sum(1 for a in plan if a))
@@ -712,3 +738,158 @@ def estimate_cost(
 def count_window_forwards(method: str, num_latents: int, **kwargs) -> int:
     """``estimate_cost(method, num_latents, **kwargs).window_forwards``."""
     return estimate_cost(method, num_latents, **kwargs).window_forwards
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A planned run: the one place that picks the sampler for a method
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplerPlan:
+    """A sampler run fixed before it starts (all lengths in latents): :func:`plan_sampler` makes it once, the
+    generation plan carries it, and :func:`run_sampler` runs it with no further planning.
+
+    Attributes:
+        method: a key of :data:`~framecap_core.choices.METHODS`.
+        num_latents: latents of the video.
+        window_latents: latents per window (capped at the video; fifo: the queue length; single: the video).
+        stride_latents: latents between window starts (fifo: 1; single: the video).
+        overlap_latents: latents consecutive windows share (pmwd: fused; sliding: the context; fifo: window - 1).
+        window_starts: first latent of each window (pmwd, sliding; ``(0,)`` for fifo and single).
+        num_steps: the sigma grid's steps (fifo: forced to ``window_latents``, this is ignored).
+        shift: flow-matching shift of the grid.
+        solver: the concrete solver, "euler" or "unipc" ("auto" already resolved).
+        fusion, window_batch_size: pmwd's fusion weights and windows per denoiser call (None = all).
+        df_step_size, causal_block_size: the Diffusion Forcing schedule (pmwd, single; 0 = synchronous).
+        lookahead: FIFO lookahead denoising.
+        extra_noise_seed: seed of the noise FIFO pushes past the end of the video.
+        cost: what the run costs (``estimate_cost``).
+    """
+
+    method: str
+    num_latents: int
+    window_latents: int
+    stride_latents: int
+    overlap_latents: int
+    window_starts: tuple[int, ...]
+    num_steps: int
+    shift: float = DEFAULT_SHIFT
+    solver: str = "euler"
+    fusion: str = "flat"
+    window_batch_size: int | None = None
+    df_step_size: int = 0
+    causal_block_size: int = 1
+    lookahead: bool = False
+    extra_noise_seed: int = 0
+    cost: SamplerCost = field(default=SamplerCost(0, 0, 0))
+
+    @property
+    def forwards_per_step(self) -> int:
+        """Window forwards in a full step: every window (pmwd), two with FIFO lookahead, else one."""
+        if self.method == "pmwd":
+            return len(self.window_starts)
+        if self.method == "fifo" and self.lookahead and self.num_latents > self.window_latents:
+            return 2
+        return 1
+
+    @property
+    def window_spans(self) -> list[tuple[int, int]]:
+        """``(start, end)`` latents of each window, end exclusive (fifo: every queue position)."""
+        n, num = self.window_latents, self.num_latents
+        if self.method == "fifo":
+            return [(0, n)] + [(i, min(i + n, num)) for i in range(1, num - n + 1)] if num > n else [(0, n)]
+        return [(s, s + n) for s in self.window_starts]
+
+
+def plan_sampler(
+    method: str,
+    num_latents: int,
+    *,
+    window_latents: int,
+    overlap_latents: int,
+    num_steps: int,
+    shift: float = DEFAULT_SHIFT,
+    solver: str = "euler",
+    fusion: str = "flat",
+    window_batch_size: int | None = None,
+    df_step_size: int = 0,
+    causal_block_size: int = 1,
+    lookahead: bool = False,
+    extra_noise_seed: int = 0,
+) -> SamplerPlan:
+    """The window geometry and cost of ``method`` on ``num_latents`` latents (windows of ``window_latents``
+    sharing ``overlap_latents``; both capped at the video)."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; use one of {', '.join(METHODS)}.")
+    n = min(window_latents, num_latents)
+    overlap = min(overlap_latents, n - 1) if n > 1 else 0
+    stride = max(n - overlap, 1)
+    starts: list[int] | None = None
+    if method in ("pmwd", "sliding"):
+        starts = plan_windows(num_latents, n, stride)
+    elif method == "fifo":
+        stride, overlap = 1, n - 1
+    else:  # single: one window over the video
+        n, stride, overlap = num_latents, num_latents, 0
+    cost = _cost(method, num_latents, starts, window=n, num_steps=num_steps, lookahead=lookahead,
+                 df_step_size=df_step_size, causal_block_size=causal_block_size,
+                 window_batch_size=window_batch_size, solver=solver)
+    return SamplerPlan(method, num_latents, n, stride, overlap, tuple(starts or (0,)), num_steps, shift, solver,
+                       fusion, window_batch_size, df_step_size, causal_block_size, lookahead, extra_noise_seed, cost)
+
+
+def _df_matrix(plan: SamplerPlan) -> torch.Tensor | None:
+    if plan.df_step_size == 0:
+        return None
+    return df_sigma_matrix(plan.num_steps, plan.num_latents, step_size=plan.df_step_size,
+                           causal_block_size=plan.causal_block_size, shift=plan.shift)
+
+
+def _run_pmwd(plan: SamplerPlan, denoiser: Denoiser, noise: torch.Tensor, callback: Callback | None,
+              process_group=None) -> torch.Tensor:
+    return pmwd(denoiser, noise, flow_sigmas(plan.num_steps, plan.shift), window=plan.window_latents,
+                stride=plan.stride_latents, fusion=plan.fusion, window_batch_size=plan.window_batch_size,
+                solver=plan.solver, df_sigma_matrix=_df_matrix(plan), window_starts=plan.window_starts,
+                callback=callback, process_group=process_group)
+
+
+def _run_single(plan: SamplerPlan, denoiser: Denoiser, noise: torch.Tensor, callback: Callback | None,
+                process_group=None) -> torch.Tensor:
+    return single_window(denoiser, noise, flow_sigmas(plan.num_steps, plan.shift), solver=plan.solver,
+                         df_sigma_matrix=_df_matrix(plan), callback=callback)
+
+
+def _run_sliding(plan: SamplerPlan, denoiser: Denoiser, noise: torch.Tensor, callback: Callback | None,
+                 process_group=None) -> torch.Tensor:
+    return sliding_window(denoiser, noise, flow_sigmas(plan.num_steps, plan.shift), window=plan.window_latents,
+                          context=plan.overlap_latents, solver=plan.solver, window_starts=plan.window_starts,
+                          callback=callback)
+
+
+def _run_fifo(plan: SamplerPlan, denoiser: Denoiser, noise: torch.Tensor, callback: Callback | None,
+              process_group=None) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(int(plan.extra_noise_seed))
+    return fifo(denoiser, noise, None, window=plan.window_latents, lookahead=plan.lookahead, shift=plan.shift,
+                generator=generator, callback=callback)
+
+
+# The sampler of each method (the keys are choices.METHODS); only pmwd's windows can be shared by processes.
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "pmwd": _run_pmwd,
+    "sliding": _run_sliding,
+    "fifo": _run_fifo,
+    "single": _run_single,
+}
+SHARDABLE_METHODS = ("pmwd",)
+
+
+def run_sampler(plan: SamplerPlan, denoiser: Denoiser, noise: torch.Tensor, *,
+                callback: Callback | None = None, process_group=None) -> torch.Tensor:
+    """Run ``plan`` on ``noise [C, L, H, W]``: the sampler of ``plan.method`` with the plan's windows and schedule.
+    ``process_group``: ``torch.distributed`` processes sharing each step's windows (pmwd only).
+    Returns the clean latents ``[C, L, H, W]``."""
+    if process_group is not None and plan.method not in SHARDABLE_METHODS:
+        raise ConfigError(f"method {plan.method!r} runs its windows one after another, so processes cannot share "
+                          "them; use method 'pmwd' or run in one process.")
+    return SAMPLERS[plan.method](plan, denoiser, noise, callback, process_group)

@@ -287,12 +287,14 @@ class TimelineContext:
 
 
 def timeline_context(encoder: CaptionEncoder, timeline, negative: str | None = None) -> TimelineContext:
-    """Encode a ``Timeline``'s unique captions and its negative prompt (``negative`` overrides the timeline's)."""
+    """Encode a ``Timeline``'s unique captions and its negative prompt (``negative`` overrides the timeline's;
+    :func:`~framecap_core.timeline.negative_prompt` picks it)."""
+    from .timeline import negative_prompt
+
     unique = list(timeline.unique_captions())
     position = {caption: i for i, caption in enumerate(unique)}
     indices = torch.tensor([position[c] for c in timeline.latent_captions()], dtype=torch.long)
-    neg = timeline.negative if negative is None else negative
-    embeds = encoder.encode([*unique, neg])
+    embeds = encoder.encode([*unique, negative_prompt(timeline, negative)])
     return TimelineContext(
         unique_captions=unique,
         unique_embeds=embeds[: len(unique)],

@@ -86,12 +86,14 @@ from .limits import (
 )
 
 __all__ = [
+    "DEFAULT_NEGATIVE",
     "Scene",
     "Timeline",
     "TimelineError",
     "check_num_frames",
     "check_seconds",
     "frames_for_seconds",
+    "negative_prompt",
     "num_latents",
     "parse_timeline",
 ]
@@ -104,6 +106,14 @@ _TOO_DEEP = (
     "list of [caption, seconds] pairs."
 )
 _TIMELINE_HINT = "a timeline holds at most one scene per latent frame; check that this is the timeline you meant"
+
+# Wan's own default negative prompt is long and in Chinese; FrameCap defaults to a short English one that names the
+# same failure modes.
+DEFAULT_NEGATIVE = (
+    "bright colors, overexposed, static, blurred details, subtitles, worst quality, low quality, JPEG artifacts, "
+    "ugly, deformed, disfigured, extra fingers, poorly drawn hands, poorly drawn face, still picture, cluttered "
+    "background, walking backwards"
+)
 # An explicit end in seconds may miss the requested frame count by this much (rounding to 4k+1 moves it <= 2).
 _SNAP_FRAMES = 2
 
@@ -458,6 +468,14 @@ class Timeline:
                 f"(quotes, commas, brackets)."
             ) from None
         return cls.from_dict(data)
+
+
+def negative_prompt(timeline: Timeline, override: str | None = None) -> str:
+    """The negative prompt of a run: ``override`` when given (even ""), else the timeline's ``negative`` when set,
+    else :data:`DEFAULT_NEGATIVE`."""
+    if override is not None:
+        return override
+    return timeline.negative or DEFAULT_NEGATIVE
 
 
 def _latent_indices(scenes: list[Scene], num_frames: int) -> list[int]:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import torch
 
+from framecap_core.choices import FUSIONS
 from framecap_core.errors import ConfigError
 
-FUSION_KINDS = ("flat", "pyramid", "overlap-linear")
+FUSION_KINDS = tuple(FUSIONS)
 
 
 def plan_windows(num_latents: int, window: int, stride: int) -> list[int]:

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from framecap_core.choices import DTYPES
 from framecap_core.errors import ConfigError, ModelLoadError
 
 from . import comfy_compat
@@ -18,7 +19,6 @@ TOY = "toy"
 AUTO = "(auto)"
 NONE = "none"
 DIFFUSERS_PREFIX = "diffusers: "
-DTYPES = ("auto", "bf16", "fp16", "fp32")
 
 # The Wan2.1 files of ComfyUI's own Wan templates (the workflows carry them as model hints).
 WAN_FILES = {
@@ -202,10 +202,11 @@ NEGATIVE_INPUT = ("STRING", {"multiline": True, "default": "",
 
 
 def resolve_negative(negative: str, timeline) -> str:
-    """The negative widget's text, else the timeline's negative, else FrameCap's default."""
-    from framecap_core.pipeline import DEFAULT_NEGATIVE
+    """The negative widget's text, else the timeline's negative, else FrameCap's default (an empty widget is
+    "not set": ComfyUI has no None for a text widget)."""
+    from framecap_core.timeline import negative_prompt
 
-    return negative.strip() if negative and negative.strip() else (timeline.negative or DEFAULT_NEGATIVE)
+    return negative_prompt(timeline, negative.strip() if negative and negative.strip() else None)
 
 
 def _check_model(model) -> None:

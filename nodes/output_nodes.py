@@ -46,37 +46,24 @@ class FrameCapSaveVideo:
         }
 
     def save(self, images, filename_prefix, fps, storyboard, latent=None, timeline=None):
-        from framecap_core.fileio import atomic_write_text
+        from framecap_core.output import write_outputs
         from framecap_core.timeline import Timeline
-        from framecap_core.video import frames_to_uint8, render_storyboard, write_mp4
 
         info = latent_info(latent)
         if timeline is None and info is not None:
             timeline = Timeline.from_dict(info["timeline"])
-        frames = frames_to_uint8(images)
         rate = int(fps) or (timeline.fps if timeline is not None else 16)
         try:
             video_path, subfolder, video_name = comfy_compat.next_output_path(filename_prefix, "mp4")
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        write_mp4(frames, video_path, fps=rate)
+        spans = [tuple(span) for span in info["window_spans"]] if info else []
+        legend = settings_legend(info) if info else {"fps": rate}
+        files = write_outputs(images, video_path, fps=rate, timeline=timeline, storyboard=bool(storyboard),
+                              window_spans=spans, title=f"FrameCap: {video_name}", legend=legend)
         boards = []
-        if timeline is not None:
-            atomic_write_text(video_path.with_suffix(".timeline.json"), timeline.to_json() + "\n")
-            if storyboard:
-                if timeline.num_frames != frames.shape[0]:
-                    raise ConfigError(
-                        f"The timeline has {timeline.num_frames} frames but the video {frames.shape[0]}; connect the "
-                        "timeline (or latent) of this video, or turn storyboard off."
-                    )
-                board = video_path.with_name(video_path.name[: -len(".mp4")] + ".storyboard.png")
-                last = frames.shape[0] - 1
-                scene_frames = [frames[min((s.start + s.end - 1) // 2, last)] for s in timeline.scenes]
-                spans = [tuple(span) for span in info["window_spans"]] if info else []
-                legend = settings_legend(info) if info else {"fps": rate}
-                render_storyboard(timeline, window_spans=spans, scene_frames=scene_frames, path=board,
-                                  title=f"FrameCap: {video_name}", settings=legend)
-                boards.append({"filename": board.name, "subfolder": subfolder, "type": "output"})
+        if files.storyboard is not None:
+            boards.append({"filename": files.storyboard.name, "subfolder": subfolder, "type": "output"})
         # "images" + "animated" is how ComfyUI's own SaveVideo reports its file: the frontend plays it in the node.
         # The storyboard rides along under its own key (a PNG among "images" would turn the preview into stills).
         video = {"filename": video_name, "subfolder": subfolder, "type": "output"}

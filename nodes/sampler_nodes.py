@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from framecap_core.choices import FUSIONS, METHODS
+from framecap_core.choices import SOLVERS as SOLVER_CHOICES
 from framecap_core.errors import ConfigError
-from framecap_core.pipeline import FUSIONS, METHODS, SOLVER_CHOICES
 
 from . import comfy_compat
 from .model_nodes import CONDITIONING, MODEL, FrameLevelConditioning, _check_model
@@ -150,7 +151,8 @@ class FrameCapPMWDSampler:
             shift=schedule.shift, solver=schedule.solver, seed=int(seed), width=int(width), height=int(height),
             fps=timeline.fps, window_batch_size=int(window_batch_size) or "auto", negative=conditioning.negative,
         )
-        plan = plan_generation(timeline, settings)  # validates; raises ConfigError naming the fix
+        # validates (ConfigError naming the fix); the plan then drives the run below, planned once
+        plan = plan_generation(timeline, settings, vae_scale=model.vae_scale, patch_size=model.patch_size)
         with running(model, "transformer") as transformer:  # on the device only while sampling
             denoiser = WanDenoiser(transformer, ctx.unique_embeds, ctx.latent_indices, ctx.negative_embeds,
                                    guidance_scale=float(guidance))
@@ -160,8 +162,8 @@ class FrameCapPMWDSampler:
             # after every window chunk and every step, with a preview at every step
             on_progress = preview_progress(comfy_compat.progress_bar(plan.total_forwards), previewer,
                                            denoiser if previewer is not None else None)
-            result = generate(model, timeline, settings, progress=on_progress,
-                              cancel=comfy_compat.cancel_requested, decode=False, denoiser=denoiser)
+            result = generate(model, plan, progress=on_progress, cancel=comfy_compat.cancel_requested,
+                              decode=False, denoiser=denoiser)
         # The samplers work in the normalized space; a ComfyUI LATENT holds raw VAE latents.
         raw = denormalize_latents(result.latents, model.latents_mean, model.latents_std)[None]  # [1, C, L, h, w]
         info = {

@@ -205,3 +205,48 @@ def test_invalid_settings_fail_before_any_work(model, timeline):
     with pytest.raises(ConfigError, match="overlap"):
         generate(model, timeline, tiny_settings(overlap=20), progress=calls.append)
     assert calls == []
+
+
+# ------------------------------------------------------------------------------------------------------ plan once
+
+
+def test_generate_runs_the_plan_it_is_given_without_planning_again(model, monkeypatch):
+    import framecap_core.sampling as sampling
+    import framecap_core.windows as windows
+
+    timeline = parse_timeline(CAPTIONS, num_frames=33)
+    for method in ("pmwd", "sliding", "fifo", "single"):
+        settings = tiny_settings(method=method, window=9, overlap=4, steps=2)
+        reference = generate(model, timeline, settings, decode=False).latents
+        plan = plan_generation(timeline, settings)
+        assert plan.sampler.cost.window_forwards == plan.total_forwards
+
+        def no_replanning(*args, **kwargs):
+            raise AssertionError("planned again")
+
+        with monkeypatch.context() as patch:
+            for module in (sampling, windows):
+                patch.setattr(module, "plan_windows", no_replanning)
+            patch.setattr(sampling, "estimate_cost", no_replanning)
+            patch.setattr("framecap_core.pipeline.plan_generation", no_replanning)
+            result = generate(model, plan, decode=False)
+        assert torch.equal(result.latents, reference), method
+        assert result.plan is plan and result.settings is settings
+
+
+def test_a_plan_carries_its_settings_and_must_match_the_model_grid(model):
+    timeline = parse_timeline(CAPTIONS, num_frames=17)
+    plan = plan_generation(timeline, tiny_settings(), vae_scale=16)
+    assert plan.latent_size == (2, 2) and plan.vae_scale == 16
+    with pytest.raises(ConfigError, match="VAE stride of 16 but the model's is 8"):
+        generate(model, plan, decode=False)
+    with pytest.raises(ConfigError, match="leave settings unset"):
+        generate(model, plan_generation(timeline, tiny_settings()), tiny_settings(), decode=False)
+    with pytest.raises(ConfigError, match="multiple of 32 \\(VAE stride 16 x patch 2\\); use 32 or 64"):
+        plan_generation(timeline, tiny_settings(width=48), vae_scale=16)
+
+
+def test_headline_is_the_head_of_describe():
+    plan = plan_generation(parse_timeline(CAPTIONS, num_frames=81), GenerationSettings())
+    assert plan.describe().startswith(plan.headline() + "\nnegative: ")
+    assert len(plan.headline().splitlines()) == 3

@@ -435,3 +435,14 @@ def test_random_timelines_match_a_per_frame_majority_and_round_trip():
         assert parse_timeline(keyframes, num_frames=tl.num_frames) == tl
         assert parse_timeline(spans) == tl
         assert parse_timeline(durations) == tl
+
+
+def test_negative_prompt_rule_is_override_then_timeline_then_default():
+    from framecap_core.timeline import DEFAULT_NEGATIVE, negative_prompt
+
+    plain = parse_timeline("a fox", num_frames=17)
+    own = parse_timeline({"fps": 16, "num_frames": 17, "negative": "blurry",
+                          "scenes": [{"start": 0, "end": 17, "caption": "a fox"}]})
+    assert negative_prompt(plain) == DEFAULT_NEGATIVE
+    assert negative_prompt(own) == "blurry"
+    assert negative_prompt(own, "") == "" and negative_prompt(plain, "dark") == "dark"

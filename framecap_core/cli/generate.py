@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
+from framecap_core import choices
 from framecap_core.errors import ConfigError, ModelLoadError
+from framecap_core.model_settings import GENERATION_DEFAULT_KEYS, read_model_settings
 
 DESCRIPTION = """\
 Generate a long, multi-scene video with Wan2.1-T2V: every latent frame gets the caption of its scene
@@ -23,12 +24,7 @@ Windows are given in pixel frames, like the timeline and ComfyUI's context windo
 (81 frames = 21 latents, Wan's training length) and --overlap a multiple of 4 (28 frames = 7 latents).
 
 Methods:
-  pmwd     Parallel Multi-Window Denoising (default): all windows at every step, averaged where they overlap,
-           one solver step for the whole video.
-  sliding  sequential sliding window: each window continues from the last --overlap frames of the previous one.
-  fifo     FIFO-Diffusion: a queue with diagonal noise; steps are forced to the window length in latents.
-  single   the whole video as one window (plain Wan sampling).
-"""
+""" + choices.describe_choices(choices.METHODS) + "\n"
 
 EPILOG = """\
 model sources (--model):
@@ -52,8 +48,7 @@ several GPUs (PMWD only; each process evaluates its share of every step's window
 """
 
 # Options whose built-in default a model's framecap.json may replace (option dest -> GenerationSettings field).
-MODEL_DEFAULTABLE = ("method", "window", "overlap", "fusion", "df_step", "causal_block_size", "steps", "guidance",
-                     "shift", "solver", "width", "height", "fps", "window_batch_size", "negative", "seconds")
+MODEL_DEFAULTABLE = GENERATION_DEFAULT_KEYS
 
 TOY_MODEL_DIR = Path(__file__).resolve().parent.parent / "toy_model"
 
@@ -117,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mdl.add_argument("--lora", metavar="PATH", help="LoRA adapter (peft folder or safetensors) merged after "
                      "--checkpoint")
     mdl.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (default: 1.0)")
-    mdl.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+    mdl.add_argument("--dtype", choices=tuple(choices.DTYPES), default="auto",
                      help="transformer precision (default: auto = bf16 on GPU, fp32 on CPU)")
     mdl.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     mdl.add_argument("--offload", choices=("none", "model", "sequential"), default="model",
@@ -136,13 +131,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="with --dry-run: plan for a GPU of N GiB instead of the free memory of this machine's device")
 
     smp = parser.add_argument_group("sampling (a model's framecap.json may change the defaults shown)")
-    smp.add_argument("--method", choices=("pmwd", "sliding", "fifo", "single"), default=None,
+    smp.add_argument("--method", choices=tuple(choices.METHODS), default=None,
                      help=f"long-video method (default: {d['method']})")
     smp.add_argument("--window", type=int, default=None, metavar="FRAMES",
                      help=f"window length in pixel frames, 4k+1 (default: {d['window']} = 21 latents)")
     smp.add_argument("--overlap", type=int, default=None, metavar="FRAMES",
                      help=f"frames shared by consecutive windows, multiple of 4 (default: {d['overlap']} = 7 latents)")
-    smp.add_argument("--fusion", choices=("flat", "pyramid", "overlap-linear"), default=None,
+    smp.add_argument("--fusion", choices=tuple(choices.FUSIONS), default=None,
                      help=f"PMWD weights where windows overlap (default: {d['fusion']}, the paper's average)")
     smp.add_argument("--df-step", type=int, default=None, metavar="N",
                      help=f"Diffusion Forcing step size: each block lags the previous one by N steps "
@@ -153,7 +148,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     smp.add_argument("--guidance", type=float, default=None,
                      help=f"classifier-free guidance scale, 1 = off (default: {d['guidance']})")
     smp.add_argument("--shift", type=float, default=None, help=f"flow-matching sigma shift (default: {d['shift']})")
-    smp.add_argument("--solver", choices=("auto", "euler", "unipc"), default=None,
+    smp.add_argument("--solver", choices=tuple(choices.SOLVERS), default=None,
                      help="auto (default): UniPC when all latents share the timestep, else Euler")
     smp.add_argument("--seed", type=int, default=None, help=f"noise seed; same seed, same video (default: {d['seed']})")
     smp.add_argument("--width", type=int, default=None, help=f"width in pixels, multiple of 16 (default: {d['width']})")
@@ -200,20 +195,9 @@ def _model_folder(args) -> Path | None:
 
 def model_defaults(folder: Path | None) -> dict[str, Any]:
     """Defaults a model folder carries in ``framecap.json``: top-level keys named like options, or a ``defaults``
-    object (``{"defaults": {"width": 64, "height": 64, "steps": 8, "window": 17}}``). Read with plain json, so a
-    dry run stays cheap."""
-    if folder is None or not (folder / "framecap.json").is_file():
-        return {}
-    try:
-        data = json.loads((folder / "framecap.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{folder / 'framecap.json'} is not valid JSON ({exc}); fix or delete it.") from None
-    if not isinstance(data, dict):
-        return {}
-    merged = {k: v for k, v in data.items() if k in MODEL_DEFAULTABLE}
-    if isinstance(data.get("defaults"), dict):
-        merged.update({k: v for k, v in data["defaults"].items() if k in MODEL_DEFAULTABLE})
-    return merged
+    object (``{"defaults": {"width": 64, "height": 64, "steps": 8, "window": 17}}``); see
+    :mod:`framecap_core.model_settings`. Plain json, so a dry run stays cheap."""
+    return read_model_settings(folder).generation_defaults
 
 
 def resolve_options(args) -> dict[str, Any]:
@@ -436,10 +420,9 @@ def _generate_and_write(args, timeline, settings, plan, *, group=None, rank: int
     for beside in (out.with_name(out.stem + ".timeline.json"), storyboard_path(out)):
         check_output_path(beside, f"--out (the file beside it, {beside.name})")
 
-    from framecap_core.fileio import atomic_paths, atomic_write_text
     from framecap_core.models import load_wan, resolve_model_source
-    from framecap_core.pipeline import generate
-    from framecap_core.video import render_storyboard, storyboard_path, write_mp4
+    from framecap_core.output import write_outputs
+    from framecap_core.pipeline import generate, plan_generation
 
     # Find the model's files (cheap: paths and safetensors headers) before printing the plan, so that a missing or
     # wrong model is reported first and alone rather than under the plan.
@@ -454,7 +437,7 @@ def _generate_and_write(args, timeline, settings, plan, *, group=None, rank: int
             raise ModelLoadError(f"{flag} {value} not found; pass a .safetensors file or a folder that exists.")
     main = rank == 0  # with torchrun, only rank 0 prints, needs the VAE and text encoder, and writes
     if not args.quiet and main:
-        print(plan.describe().split("\nnegative:")[0], file=sys.stderr)
+        print(plan.headline(), file=sys.stderr)
     else:
         _silence_loading_bars()
     model = load_wan(
@@ -465,26 +448,22 @@ def _generate_and_write(args, timeline, settings, plan, *, group=None, rank: int
         vae_dtype=args.vae_dtype, offload=args.offload, text_encoder_device=args.text_encoder_device,
         weight_dtype=args.weight_dtype,
     )
+    if model.vae_scale != plan.vae_scale:  # a model with another VAE stride: its latents have another size
+        plan = plan_generation(timeline, settings, plan.num_processes, vae_scale=model.vae_scale,
+                               patch_size=model.patch_size)
     bar = _ProgressBar(enabled=not args.quiet and main)
     try:
-        result = generate(model, timeline, settings, progress=bar, process_group=group)
+        result = generate(model, plan, progress=bar, process_group=group)
     finally:
         bar.close()
     if not main:
         return 0
 
     fps = int(timeline.fps)  # the timeline's frames are laid out at its own fps
-    finals = [out, out.with_name(out.stem + ".timeline.json")] + ([] if args.no_storyboard else [storyboard_path(out)])
-    # The files of one run are replaced together: a run killed while encoding or drawing leaves the previous set
-    # whole (or, killed between the renames, the next write in the folder finishes them).
-    with atomic_paths(finals) as staged:
-        write_mp4(result.frames, staged[0], fps=fps)
-        atomic_write_text(staged[1], timeline.to_json() + "\n")
-        if not args.no_storyboard:
-            render_storyboard(timeline, window_spans=plan.window_spans, scene_frames=result.scene_frames(),
-                              path=staged[2], title=f"FrameCap: {out.name}",
-                              settings=_legend(settings, plan, model.name))
-    written = [str(out)] + ([] if args.no_storyboard else [str(finals[2])])
+    files = write_outputs(result.frames, out, fps=fps, timeline=timeline, storyboard=not args.no_storyboard,
+                          window_spans=plan.window_spans, title=f"FrameCap: {out.name}",
+                          legend=_legend(settings, plan, model.name))
+    written = [str(files.video)] + ([str(files.storyboard)] if files.storyboard else [])
     t = result.timings
     print(
         f"wrote {', '.join(written)} ({result.frames.shape[0]} frames, {result.frames.shape[0] / fps:.2f} s); "

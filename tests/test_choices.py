@@ -1,0 +1,47 @@
+"""One table of methods, fusions, solvers and dtypes: argparse, node widgets, validation and the samplers read it."""
+
+from pathlib import Path
+
+import pytest
+
+from framecap_core import choices, sampling, windows
+from framecap_core.cli import build_parser
+from framecap_core.errors import ConfigError
+from framecap_core.pipeline import GenerationSettings
+
+
+def _generate_actions():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["generate"]
+    return {a.dest: a for a in sub._actions}
+
+
+def test_cli_choices_are_the_table():
+    actions = _generate_actions()
+    assert tuple(actions["method"].choices) == tuple(choices.METHODS)
+    assert tuple(actions["fusion"].choices) == tuple(choices.FUSIONS)
+    assert tuple(actions["solver"].choices) == tuple(choices.SOLVERS)
+    assert tuple(actions["dtype"].choices) == tuple(choices.DTYPES)
+
+
+def test_node_widgets_are_the_table():
+    from comfy_executor import load_pack
+
+    nodes = load_pack(Path(__file__).resolve().parents[1]).NODE_CLASS_MAPPINGS
+    sampler = nodes["FrameCapPMWDSampler"].INPUT_TYPES()["required"]
+    assert sampler["method"][0] == list(choices.METHODS)
+    assert sampler["fusion"][0] == list(choices.FUSIONS)
+    assert nodes["FrameCapDFScheduler"].INPUT_TYPES()["required"]["solver"][0] == list(choices.SOLVERS)
+    assert nodes["FrameCapWanLoader"].INPUT_TYPES()["required"]["dtype"][0] == list(choices.DTYPES)
+
+
+def test_every_method_has_a_sampler_and_validation_takes_exactly_the_table():
+    assert set(sampling.SAMPLERS) == set(choices.METHODS)
+    assert set(windows.FUSION_KINDS) == set(choices.FUSIONS)
+    assert set(sampling.SOLVERS) == set(choices.SOLVERS) - {"auto"}
+    for field, table in (("method", choices.METHODS), ("fusion", choices.FUSIONS), ("solver", choices.SOLVERS),
+                         ("dtype", choices.DTYPES)):
+        for name in table:
+            GenerationSettings(**{field: name}).validate()
+        with pytest.raises(ConfigError, match=", ".join(table)):
+            GenerationSettings(**{field: "nonsense"}).validate()
