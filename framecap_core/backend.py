@@ -4,7 +4,7 @@ decoding of long latent sequences.
 :class:`WanDenoiser` turns one batched sampler request — ``K`` windows of ``N`` latents, per-frame timesteps, the
 absolute index of every latent — into ONE transformer forward:
 
-- captions: every latent frame gets the caption of its timeline position (``caption_index[frames]``); the window's
+- captions: every latent frame gets the caption of its timeline position (``caption_index[latent_index]``); the window's
   context is stacked frame-major, ``[K, N*text_len, D]``, for the frame-level cross-attention
   (:mod:`framecap_core.attention`), built from the unique caption embeddings so each caption is encoded once;
 - classifier-free guidance: cond and uncond go in one batch ``[2K, ...]`` (the negative prompt's embedding repeated
@@ -128,32 +128,34 @@ class WanDenoiser:
     def num_latents(self) -> int:
         return int(self.caption_index.numel())
 
-    def context(self, frames: torch.Tensor) -> torch.Tensor:
-        """Cond context ``[K, N*text_len, D]`` of windows whose latents are ``frames [K, N]``."""
-        frames = frames.to(self.device, torch.int64)
-        if int(frames.min()) < 0 or int(frames.max()) >= self.num_latents:
+    def context(self, latent_index: torch.Tensor) -> torch.Tensor:
+        """Cond context ``[K, N*text_len, D]`` of windows whose latents are ``latent_index [K, N]``."""
+        latent_index = latent_index.to(self.device, torch.int64)
+        if int(latent_index.min()) < 0 or int(latent_index.max()) >= self.num_latents:
             raise ConfigError(
-                f"latent indices {int(frames.min())}..{int(frames.max())} are outside the video's {self.num_latents} "
+                f"latent indices {int(latent_index.min())}..{int(latent_index.max())} are outside the video's {self.num_latents} "
                 "latents."
             )
-        return stack_frame_captions(self.caption_embeds, self.caption_index[frames])
+        return stack_frame_captions(self.caption_embeds, self.caption_index[latent_index])
 
-    def uncond_context(self, num_windows: int, num_frames: int) -> torch.Tensor:
+    def uncond_context(self, num_windows: int, window_latents: int) -> torch.Tensor:
         """Uncond context ``[K, N*text_len, D]``: the negative prompt's embedding repeated for every frame."""
         neg = self.negative_embeds
-        return neg.expand(num_windows * num_frames, *neg.shape[1:]).reshape(num_windows, num_frames * neg.shape[1], -1)
+        return neg.expand(num_windows * window_latents, *neg.shape[1:]).reshape(
+            num_windows, window_latents * neg.shape[1], -1)
 
     def timesteps(self, t: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
         """Transformer timestep for ``t [K, N]``: ``[K]`` when each window's frames share t, else ``[K, N*hw]``."""
         return token_timesteps(t, tokens_per_frame, per_token=self.force_per_token)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        """``x [K, C, N, h, w]`` (normalized latents), ``t [K, N]`` in [0, 1000], ``frames [K, N]`` -> ``v`` float32
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, latent_index: torch.Tensor) -> torch.Tensor:
+        """``x [K, C, N, h, w]`` (normalized latents), ``t [K, N]`` in [0, 1000], ``latent_index [K, N]`` (absolute
+        latent index of each position) -> ``v`` float32
         ``[K, C, N, h, w]``, guided."""
-        if x.ndim != 5 or t.shape != x.shape[:1] + x.shape[2:3] or frames.shape != t.shape:
+        if x.ndim != 5 or t.shape != x.shape[:1] + x.shape[2:3] or latent_index.shape != t.shape:
             raise ConfigError(
-                f"WanDenoiser expects x [K, C, N, h, w], t [K, N] and frames [K, N]; got {tuple(x.shape)}, "
-                f"{tuple(t.shape)}, {tuple(frames.shape)}."
+                f"WanDenoiser expects x [K, C, N, h, w], t [K, N] and latent_index [K, N]; got {tuple(x.shape)}, "
+                f"{tuple(t.shape)}, {tuple(latent_index.shape)}."
             )
         _, _, n, h, w = x.shape
         p_t, p_h, p_w = self.transformer.config.patch_size
@@ -161,7 +163,7 @@ class WanDenoiser:
             raise ConfigError(f"latent size {n}x{h}x{w} is not divisible by the patch size {(p_t, p_h, p_w)}.")
         tokens_per_frame = (h // p_h) * (w // p_w)
         tin = self.timesteps(t.to(self.device, torch.float32), tokens_per_frame)
-        return self.predict(x, tin, self.context(frames))
+        return self.predict(x, tin, self.context(latent_index))
 
     def predict(self, x: torch.Tensor, tin: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         """The checked-input part of ``__call__`` (what the memory planner traces): ``x [K, C, N, h, w]``, transformer

@@ -398,7 +398,7 @@ def plan_generation(
     sampler = plan_sampler(
         settings.method, num, window_latents=settings.window_latents,
         overlap_latents=settings.overlap_latents, num_steps=settings.steps, shift=settings.shift, solver=solver,
-        fusion=settings.fusion, window_batch_size=settings.fixed_window_batch_size, df_step_size=settings.df_step,
+        fusion=settings.fusion, window_batch_size=settings.fixed_window_batch_size, df_step=settings.df_step,
         causal_block_size=settings.causal_block_size, lookahead=settings.lookahead,
         extra_noise_seed=(int(settings.seed) + 1) % SEED_MODULUS,
     )

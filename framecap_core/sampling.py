@@ -47,13 +47,13 @@ METHODS = tuple(METHOD_CHOICES)
 class Denoiser(Protocol):
     """The seam between samplers and models.
 
-    ``__call__(x [K, C, N, H, W], t [K, N], frames [K, N]) -> v [K, C, N, H, W]``: K windows of N latent frames
+    ``__call__(x [K, C, N, H, W], t [K, N], latent_index [K, N]) -> v [K, C, N, H, W]``: K windows of N latent frames
     (normalized latent space), per-frame timesteps in [0, 1000] (float32), the absolute latent-frame index of each
     position (int64, to pick captions). Returns the flow velocity ``v = noise - x0``, classifier-free guidance
     already applied.
     """
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, frames: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, latent_index: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -239,14 +239,14 @@ def _sigma_matrix(sigmas, df_sigma_matrix, num_latents: int) -> torch.Tensor:
     return grid[:, None].expand(grid.shape[0], num_latents).contiguous()
 
 
-def _window_frames(starts: Sequence[int], n: int, device) -> torch.Tensor:
+def _window_latent_index(starts: Sequence[int], n: int, device) -> torch.Tensor:
     """Absolute latent indices ``[K, n]`` (int64) of windows starting at ``starts``."""
     return torch.as_tensor(list(starts), device=device, dtype=torch.int64)[:, None] + torch.arange(n, device=device)
 
 
-def _call(denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor, frames: torch.Tensor, *, what: str) -> torch.Tensor:
+def _call(denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor, latent_index: torch.Tensor, *, what: str) -> torch.Tensor:
     """Run the denoiser and check its output: shape of ``x``, all finite."""
-    v = denoiser(x, t, frames)
+    v = denoiser(x, t, latent_index)
     if not isinstance(v, torch.Tensor) or v.shape != x.shape:
         raise ConfigError(
             f"the denoiser returned shape {tuple(getattr(v, 'shape', ()))} for input {tuple(x.shape)} at {what}; "
@@ -400,9 +400,9 @@ def _pmwd_steps(plan: list[list[int]], matrix: torch.Tensor, solv: Solver, devic
 def _window_predictions(denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor, chunk: list[int], n: int,
                         progress: _Progress) -> torch.Tensor:
     """Velocities ``[k, C, n, H, W]`` of the windows of ``x [C, L, H, W]`` starting at ``chunk``, in one call."""
-    frames = _window_frames(chunk, n, x.device)  # [k, n]
+    latent_index = _window_latent_index(chunk, n, x.device)  # [k, n]
     xb = torch.stack([x[:, s:s + n] for s in chunk])  # [k, C, n, H, W]
-    return _call(denoiser, xb, t[frames], frames, what=progress.where(chunk[0]))
+    return _call(denoiser, xb, t[latent_index], latent_index, what=progress.where(chunk[0]))
 
 
 def _pmwd_sharded(denoiser, noise, matrix, starts, n, weights, batch, solv, plan, progress, fusion, group):
@@ -470,13 +470,13 @@ def single_window(
     moving = _moving(matrix).any(dim=1) | (not isinstance(solv, EulerSolver))
     steps = int(moving.sum())
     progress = _Progress("single", SamplerCost(steps, steps, steps), callback)
-    frames = torch.arange(num_latents, device=noise.device)[None]
+    latent_index = torch.arange(num_latents, device=noise.device)[None]
     x = noise.clone()
     for m in range(matrix.shape[0] - 1):
         if not moving[m]:
             continue
         sigma, sigma_next = matrix[m].to(noise.device), matrix[m + 1].to(noise.device)
-        v = _call(denoiser, x[None], solv.timesteps(m, sigma)[None], frames, what=progress.where())
+        v = _call(denoiser, x[None], solv.timesteps(m, sigma)[None], latent_index, what=progress.where())
         progress.windows_done(1, 1, 1, float(sigma.max()))
         x = solv.step(x, v[0].float(), m, sigma, sigma_next)
         progress.step_done(1, float(sigma.max()))
@@ -493,25 +493,25 @@ def _denoise_segment(
     context: torch.Tensor,
     context_sigma: float,
     new: torch.Tensor,
-    first_frame: int,
+    first_latent: int,
     grid: torch.Tensor,
     solver: str,
     progress: _Progress,
 ) -> torch.Tensor:
     """Denoise ``new [C, n_new, H, W]`` along ``grid`` with ``context [C, n_ctx, H, W]`` held fixed at
-    ``context_sigma`` in front of it, in one window whose first latent is ``first_frame``. Returns the new latents."""
+    ``context_sigma`` in front of it, in one window whose first latent is ``first_latent``. Returns the new latents."""
     n_ctx, n_new = context.shape[1], new.shape[1]
     device = new.device
     matrix = grid[:, None].expand(grid.shape[0], n_new)
     solv = make_solver(solver, matrix, device=device)
-    frames = torch.arange(first_frame, first_frame + n_ctx + n_new, device=device)[None]
+    latent_index = torch.arange(first_latent, first_latent + n_ctx + n_new, device=device)[None]
     t_ctx = torch.full((n_ctx,), context_sigma * NUM_TRAIN_TIMESTEPS, device=device, dtype=torch.float32)
     x = new.clone()
     for m in range(grid.shape[0] - 1):
         sigma, sigma_next = matrix[m].to(device), matrix[m + 1].to(device)
         t = torch.cat([t_ctx, solv.timesteps(m, sigma)])[None]
         xw = torch.cat([context, x], dim=1)[None]
-        v = _call(denoiser, xw, t, frames, what=progress.where(first_frame))
+        v = _call(denoiser, xw, t, latent_index, what=progress.where(first_latent))
         progress.windows_done(1, 1, 1, float(sigma[0]))
         x = solv.step(x, v[0, :, n_ctx:].float(), m, sigma, sigma_next)
         progress.step_done(1, float(sigma[0]))
@@ -649,17 +649,17 @@ def fifo(
     t = levels * NUM_TRAIN_TIMESTEPS
     out = torch.zeros_like(noise)
     for it in range(num_latents):
-        frames = torch.arange(it, it + window, device=device).clamp(max=num_latents - 1)[None]
+        latent_index = torch.arange(it, it + window, device=device).clamp(max=num_latents - 1)[None]
         top = float(levels[-1])
         use_lookahead = lookahead and half > 0 and it > 0
-        v = _call(denoiser, queue[None], t[None], frames, what=progress.where(it))[0]
+        v = _call(denoiser, queue[None], t[None], latent_index, what=progress.where(it))[0]
         progress.windows_done(1, 1, 2 if use_lookahead else 1, top)
         if use_lookahead:
             e = min(it, half)  # emitted clean latents in front of the queue
             xa = torch.cat([out[:, it - e:it], queue[:, :window - e]], dim=1)[None]
             ta = torch.cat([torch.zeros(e, device=device), t[:window - e]])[None]
-            fa = torch.arange(it - e, it - e + window, device=device).clamp(max=num_latents - 1)[None]
-            va = _call(denoiser, xa, ta, fa, what=progress.where(it - e))[0]
+            latent_index_a = torch.arange(it - e, it - e + window, device=device).clamp(max=num_latents - 1)[None]
+            va = _call(denoiser, xa, ta, latent_index_a, what=progress.where(it - e))[0]
             progress.windows_done(1, 2, 2, top)
             v = torch.cat([va[:, e:e + half], v[:, half:]], dim=1)
         queue = EulerSolver().step(queue, v, it, levels, next_levels)
@@ -683,7 +683,7 @@ def estimate_cost(
     stride: int | None = None,
     context: int | None = None,
     lookahead: bool = False,
-    df_step_size: int = 0,
+    df_step: int = 0,
     causal_block_size: int = 1,
     window_batch_size: int | None = None,
     solver: str = "euler",
@@ -708,11 +708,11 @@ def estimate_cost(
             raise ConfigError("estimate_cost('pmwd') needs stride.")
         starts = plan_windows(num_latents, window, stride)
     return _cost(method, num_latents, starts, window=window, num_steps=num_steps, lookahead=lookahead,
-                 df_step_size=df_step_size, causal_block_size=causal_block_size,
+                 df_step=df_step, causal_block_size=causal_block_size,
                  window_batch_size=window_batch_size, solver=solver)
 
 
-def _cost(method, num_latents, starts, *, window, num_steps, lookahead, df_step_size, causal_block_size,
+def _cost(method, num_latents, starts, *, window, num_steps, lookahead, df_step, causal_block_size,
           window_batch_size, solver) -> SamplerCost:
     """:func:`estimate_cost` for windows already planned (``starts``: pmwd and sliding)."""
     if method == "fifo":
@@ -724,7 +724,7 @@ def _cost(method, num_latents, starts, *, window, num_steps, lookahead, df_step_
     if method == "sliding":
         total = num_steps * len(starts)
         return SamplerCost(total, total, total)
-    indices = df_step_indices(num_steps, num_latents, step_size=df_step_size, causal_block_size=causal_block_size)
+    indices = df_step_indices(num_steps, num_latents, df_step=df_step, causal_block_size=causal_block_size)
     moving = _moving(indices)
     unipc = solver == "unipc"
     if method == "single":
@@ -761,7 +761,7 @@ class SamplerPlan:
         shift: flow-matching shift of the grid.
         solver: the concrete solver, "euler" or "unipc" ("auto" already resolved).
         fusion, window_batch_size: pmwd's fusion weights and windows per denoiser call (None = all).
-        df_step_size, causal_block_size: the Diffusion Forcing schedule (pmwd, single; 0 = synchronous).
+        df_step, causal_block_size: the Diffusion Forcing schedule (pmwd, single; 0 = synchronous).
         lookahead: FIFO lookahead denoising.
         extra_noise_seed: seed of the noise FIFO pushes past the end of the video.
         cost: what the run costs (``estimate_cost``).
@@ -778,7 +778,7 @@ class SamplerPlan:
     solver: str = "euler"
     fusion: str = "flat"
     window_batch_size: int | None = None
-    df_step_size: int = 0
+    df_step: int = 0
     causal_block_size: int = 1
     lookahead: bool = False
     extra_noise_seed: int = 0
@@ -813,7 +813,7 @@ def plan_sampler(
     solver: str = "euler",
     fusion: str = "flat",
     window_batch_size: int | None = None,
-    df_step_size: int = 0,
+    df_step: int = 0,
     causal_block_size: int = 1,
     lookahead: bool = False,
     extra_noise_seed: int = 0,
@@ -833,16 +833,16 @@ def plan_sampler(
     else:  # single: one window over the video
         n, stride, overlap = num_latents, num_latents, 0
     cost = _cost(method, num_latents, starts, window=n, num_steps=num_steps, lookahead=lookahead,
-                 df_step_size=df_step_size, causal_block_size=causal_block_size,
+                 df_step=df_step, causal_block_size=causal_block_size,
                  window_batch_size=window_batch_size, solver=solver)
     return SamplerPlan(method, num_latents, n, stride, overlap, tuple(starts or (0,)), num_steps, shift, solver,
-                       fusion, window_batch_size, df_step_size, causal_block_size, lookahead, extra_noise_seed, cost)
+                       fusion, window_batch_size, df_step, causal_block_size, lookahead, extra_noise_seed, cost)
 
 
 def _df_matrix(plan: SamplerPlan) -> torch.Tensor | None:
-    if plan.df_step_size == 0:
+    if plan.df_step == 0:
         return None
-    return df_sigma_matrix(plan.num_steps, plan.num_latents, step_size=plan.df_step_size,
+    return df_sigma_matrix(plan.num_steps, plan.num_latents, df_step=plan.df_step,
                            causal_block_size=plan.causal_block_size, shift=plan.shift)
 
 

@@ -170,29 +170,29 @@ def sample_df_training_sigmas(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def df_num_iterations(num_steps: int, num_latents: int, *, step_size: int = 0, causal_block_size: int = 1) -> int:
-    """``M = num_steps + step_size * (num_blocks - 1)``, ``num_blocks = ceil(num_latents / causal_block_size)``."""
+def df_num_iterations(num_steps: int, num_latents: int, *, df_step: int = 0, causal_block_size: int = 1) -> int:
+    """``M = num_steps + df_step * (num_blocks - 1)``, ``num_blocks = ceil(num_latents / causal_block_size)``."""
     num_blocks = -(-num_latents // causal_block_size)
-    return num_steps + step_size * (num_blocks - 1)
+    return num_steps + df_step * (num_blocks - 1)
 
 
-def df_step_indices(num_steps: int, num_latents: int, *, step_size: int = 0, causal_block_size: int = 1) -> torch.Tensor:
+def df_step_indices(num_steps: int, num_latents: int, *, df_step: int = 0, causal_block_size: int = 1) -> torch.Tensor:
     """Grid index of every latent at every iteration of Diffusion Forcing sampling.
 
-    Latent ``l`` belongs to block ``b = l // causal_block_size``; block ``b`` starts ``b * step_size`` iterations
-    after block 0, so ``index[m, l] = clip(m - b * step_size, 0, num_steps)``: 0 = not started (pure noise),
+    Latent ``l`` belongs to block ``b = l // causal_block_size``; block ``b`` starts ``b * df_step`` iterations
+    after block 0, so ``index[m, l] = clip(m - b * df_step, 0, num_steps)``: 0 = not started (pure noise),
     ``num_steps`` = finished (clean). The last block may be shorter than ``causal_block_size``.
 
     Returns:
         ``[M + 1, L]`` int64 with ``M = df_num_iterations(...)``; row 0 is all 0, row M all ``num_steps``.
     """
     for name, value, low in (("num_steps", num_steps, 1), ("num_latents", num_latents, 1),
-                             ("step_size", step_size, 0), ("causal_block_size", causal_block_size, 1)):
+                             ("df_step", df_step, 0), ("causal_block_size", causal_block_size, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}.")
-    num_iterations = df_num_iterations(num_steps, num_latents, step_size=step_size, causal_block_size=causal_block_size)
+    num_iterations = df_num_iterations(num_steps, num_latents, df_step=df_step, causal_block_size=causal_block_size)
     m = torch.arange(num_iterations + 1)[:, None]
-    lag = (torch.arange(num_latents) // causal_block_size * step_size)[None, :]
+    lag = (torch.arange(num_latents) // causal_block_size * df_step)[None, :]
     return (m - lag).clamp(0, num_steps)
 
 
@@ -200,7 +200,7 @@ def df_sigma_matrix(
     num_steps: int,
     num_latents: int,
     *,
-    step_size: int = 0,
+    df_step: int = 0,
     causal_block_size: int = 1,
     shift: float = DEFAULT_SHIFT,
     sigmas: torch.Tensor | None = None,
@@ -209,20 +209,20 @@ def df_sigma_matrix(
 
     Iteration ``m`` moves latent ``l`` from ``matrix[m, l]`` to ``matrix[m + 1, l]``. Each column walks through
     exactly the grid (holding at 1 before its block starts, at 0 after it finishes); block ``b`` lags block 0 by
-    ``b * step_size`` iterations, so in every row earlier latents are never noisier than later ones.
-    ``step_size = 0`` is synchronous sampling: every row is constant, the column is the grid itself.
-    (In SkyReels-V2 terms ``step_size`` is ``ar_step``.)
+    ``b * df_step`` iterations, so in every row earlier latents are never noisier than later ones.
+    ``df_step = 0`` is synchronous sampling: every row is constant, the column is the grid itself.
+    (In SkyReels-V2 terms ``df_step`` is ``ar_step``.)
 
     Args:
         num_steps: steps per latent (the grid has ``num_steps + 1`` levels).
         num_latents: ``L``.
-        step_size: lag in iterations between consecutive blocks (0 = synchronous).
+        df_step: lag in iterations between consecutive blocks (0 = synchronous).
         causal_block_size: latents that share a schedule.
         shift: grid shift, used when ``sigmas`` is None.
         sigmas: optional custom grid ``[num_steps + 1]`` (decreasing, from 1 to 0) instead of ``flow_sigmas``.
 
     Returns:
-        ``[M + 1, L]`` float32, ``M = num_steps + step_size * (ceil(L / causal_block_size) - 1)``.
+        ``[M + 1, L]`` float32, ``M = num_steps + df_step * (ceil(L / causal_block_size) - 1)``.
     """
     if sigmas is None:
         grid = flow_sigmas(num_steps, shift)
@@ -230,4 +230,4 @@ def df_sigma_matrix(
         grid = torch.as_tensor(sigmas, dtype=torch.float32).cpu()
         if grid.ndim != 1 or grid.numel() != num_steps + 1:
             raise ConfigError(f"sigmas must have num_steps + 1 = {num_steps + 1} entries, got shape {tuple(grid.shape)}.")
-    return grid[df_step_indices(num_steps, num_latents, step_size=step_size, causal_block_size=causal_block_size)]
+    return grid[df_step_indices(num_steps, num_latents, df_step=df_step, causal_block_size=causal_block_size)]

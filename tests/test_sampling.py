@@ -80,7 +80,7 @@ def test_pmwd_one_window_equals_single_window_bit_for_bit(solver):
 
 def test_pmwd_one_window_equals_single_window_with_df_matrix():
     noise = make_noise(6)
-    m = df_sigma_matrix(5, 6, step_size=2, causal_block_size=2, shift=3.0)
+    m = df_sigma_matrix(5, 6, df_step=2, causal_block_size=2, shift=3.0)
     assert torch.equal(pmwd(Mixing(), noise, window=6, stride=2, df_sigma_matrix=m),
                        single_window(Mixing(), noise, df_sigma_matrix=m))
 
@@ -103,7 +103,7 @@ def test_pmwd_mixing_differs_from_whole_sequence():
 @pytest.mark.parametrize("df_step", [0, 2])
 def test_window_batch_size_does_not_change_the_result(df_step):
     noise = make_noise(17, 2)
-    m = df_sigma_matrix(4, 17, step_size=df_step, shift=3.0)
+    m = df_sigma_matrix(4, 17, df_step=df_step, shift=3.0)
     outs = [pmwd(Mixing(), noise, window=5, stride=3, df_sigma_matrix=m, window_batch_size=b, fusion="pyramid")
             for b in (1, 2, 4, None)]
     for out in outs[1:]:
@@ -135,14 +135,14 @@ def test_determinism_by_seed():
 @pytest.mark.parametrize("df_step", [0, 1, 3])
 def test_euler_on_exact_x0_denoiser_lands_on_x0(df_step):
     x0 = make_noise(14, 9)
-    m = df_sigma_matrix(6, 14, step_size=df_step, causal_block_size=2)
+    m = df_sigma_matrix(6, 14, df_step=df_step, causal_block_size=2)
     out = pmwd(ExactX0(x0), make_noise(14), window=5, stride=2, df_sigma_matrix=m)
     torch.testing.assert_close(out, x0, rtol=1e-5, atol=1e-5)
 
 
 def test_df_step_zero_equals_synchronous():
     noise, sig = make_noise(12, 3), flow_sigmas(5, 4.0)
-    m = df_sigma_matrix(5, 12, step_size=0, causal_block_size=3, shift=4.0)
+    m = df_sigma_matrix(5, 12, df_step=0, causal_block_size=3, shift=4.0)
     sync = pmwd(Mixing(), noise, sig, window=5, stride=3)
     assert torch.equal(pmwd(Mixing(), noise, window=5, stride=3, df_sigma_matrix=m), sync)
     assert torch.equal(pmwd(Mixing(), noise, window=5, stride=3, df_sigma_matrix=m, solver="unipc"),
@@ -152,7 +152,7 @@ def test_df_step_zero_equals_synchronous():
 def test_df_per_frame_timesteps_and_skipped_windows():
     rec = Recorder(Mixing())
     L, steps, lag = 9, 3, 2
-    m = df_sigma_matrix(steps, L, step_size=lag, causal_block_size=3)
+    m = df_sigma_matrix(steps, L, df_step=lag, causal_block_size=3)
     pmwd(rec, make_noise(L), window=3, stride=3, df_sigma_matrix=m)
     # first iteration: only block 0 moves, so only window 0 is evaluated, at t = 1000 * grid[0]
     x, t, frames = rec.calls[0]
@@ -161,7 +161,7 @@ def test_df_per_frame_timesteps_and_skipped_windows():
     _, t2, f2 = rec.calls[2]
     assert f2.tolist() == [[0, 1, 2], [3, 4, 5]]
     assert (t2[0] < t2[1]).all()
-    expected = estimate_cost("pmwd", L, window=3, num_steps=steps, stride=3, df_step_size=lag, causal_block_size=3)
+    expected = estimate_cost("pmwd", L, window=3, num_steps=steps, stride=3, df_step=lag, causal_block_size=3)
     assert rec.forwards == expected.window_forwards < (m.shape[0] - 1) * 3
 
 
@@ -185,7 +185,7 @@ def test_unipc_matches_diffusers_scheduler_loop():
 
 
 def test_unipc_with_per_frame_timesteps_is_refused():
-    m = df_sigma_matrix(4, 6, step_size=1)
+    m = df_sigma_matrix(4, 6, df_step=1)
     with pytest.raises(ConfigError, match="euler"):
         pmwd(Mixing(), make_noise(6), window=3, stride=2, df_sigma_matrix=m, solver="unipc")
 

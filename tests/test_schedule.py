@@ -59,13 +59,13 @@ def test_flow_sigmas_rejects_bad_steps(bad):
 # ---------------------------------------------------------------- DF inference matrix
 
 
-@pytest.mark.parametrize("steps,L,step_size,block", [(5, 7, 0, 1), (5, 7, 2, 1), (4, 9, 3, 2), (3, 5, 10, 1), (6, 6, 1, 4)])
-def test_df_matrix_properties(steps, L, step_size, block):
+@pytest.mark.parametrize("steps,L,df_step,block", [(5, 7, 0, 1), (5, 7, 2, 1), (4, 9, 3, 2), (3, 5, 10, 1), (6, 6, 1, 4)])
+def test_df_matrix_properties(steps, L, df_step, block):
     grid = flow_sigmas(steps, 3.0)
-    m = df_sigma_matrix(steps, L, step_size=step_size, causal_block_size=block, shift=3.0)
+    m = df_sigma_matrix(steps, L, df_step=df_step, causal_block_size=block, shift=3.0)
     num_blocks = math.ceil(L / block)
-    assert m.shape == (steps + step_size * (num_blocks - 1) + 1, L)
-    assert m.shape[0] - 1 == df_num_iterations(steps, L, step_size=step_size, causal_block_size=block)
+    assert m.shape == (steps + df_step * (num_blocks - 1) + 1, L)
+    assert m.shape[0] - 1 == df_num_iterations(steps, L, df_step=df_step, causal_block_size=block)
     assert (m >= 0).all() and (m <= 1).all()
     assert (m[0] == 1).all() and (m[-1] == 0).all()
     # each column is non-increasing and visits exactly the grid (holding at 1 before, at 0 after)
@@ -74,26 +74,26 @@ def test_df_matrix_properties(steps, L, step_size, block):
         assert torch.equal(torch.unique_consecutive(col), grid)
     # in every row, earlier latents are never noisier than later ones
     assert (m[:, 1:] >= m[:, :-1]).all()
-    # latents of one causal block share a schedule; block b lags block 0 by b * step_size
-    idx = df_step_indices(steps, L, step_size=step_size, causal_block_size=block)
+    # latents of one causal block share a schedule; block b lags block 0 by b * df_step
+    idx = df_step_indices(steps, L, df_step=df_step, causal_block_size=block)
     for latent in range(L):
         b = latent // block
-        assert torch.equal(idx[:, latent], (torch.arange(m.shape[0]) - b * step_size).clamp(0, steps))
+        assert torch.equal(idx[:, latent], (torch.arange(m.shape[0]) - b * df_step).clamp(0, steps))
 
 
 def test_df_matrix_synchronous_is_the_grid():
-    m = df_sigma_matrix(8, 5, step_size=0, causal_block_size=3, shift=5.0)
+    m = df_sigma_matrix(8, 5, df_step=0, causal_block_size=3, shift=5.0)
     assert torch.equal(m, flow_sigmas(8, 5.0)[:, None].expand(9, 5))
 
 
 def test_df_matrix_known_small_case():
-    idx = df_step_indices(2, 3, step_size=1)
+    idx = df_step_indices(2, 3, df_step=1)
     assert idx.tolist() == [[0, 0, 0], [1, 0, 0], [2, 1, 0], [2, 2, 1], [2, 2, 2]]
     grid = torch.tensor([1.0, 0.4, 0.0])
-    assert torch.equal(df_sigma_matrix(2, 3, step_size=1, sigmas=grid), grid[idx])
+    assert torch.equal(df_sigma_matrix(2, 3, df_step=1, sigmas=grid), grid[idx])
 
 
-@pytest.mark.parametrize("kwargs", [dict(step_size=-1), dict(causal_block_size=0), dict(step_size=1.5)])
+@pytest.mark.parametrize("kwargs", [dict(df_step=-1), dict(causal_block_size=0), dict(df_step=1.5)])
 def test_df_matrix_rejects_bad_args(kwargs):
     with pytest.raises(ConfigError):
         df_sigma_matrix(4, 5, **kwargs)
