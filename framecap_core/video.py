@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,118 @@ def _fmt_seconds(seconds: float) -> str:
     return f"{int(minutes)}:{sec:04.1f}" if minutes else f"{sec:.1f}s"
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where everything of a storyboard goes, computed once; every section is drawn from it, and the canvas height is
+    the sum of the section heights, so measuring and drawing cannot disagree. Lengths in pixels."""
+
+    width: int
+    margin: int = 28
+    title_h: int = 40  # title line and its gap
+    head_h: int = 22  # a section heading
+    bar_h: int = 34  # the timeline bar
+    ticks_h: int = 26  # under the bar: 2 px gap, tick marks and their labels
+    window_head_h: int = 26
+    window_row_h: int = 14  # one row per window (thinner with many windows)
+    window_row_gap: int = 3
+    window_more_h: int = 20  # "... n more windows" under the drawn rows
+    window_tail_h: int = 10
+    caption_head_h: int = 30
+    caption_x: int = 210  # captions start here, right of the "n  0.0s-3.2s / lat a-b" column
+    line_h: int = 20  # a caption line
+    caption_min_lines: int = 2  # every scene row holds its time and latent spans
+    caption_gap: int = 6
+    scenes_more_h: int = 24  # "... n more scenes" under the listed ones
+    thumb_head_h: int = 30
+    thumb_gap: int = 12
+    thumb_label_h: int = 30  # colour strip and caption under each thumbnail
+    thumbs_per_row: int = 1
+    thumb_w: int = 0
+    thumb_h: int = 0
+    legend_top: int = 6
+    legend_line_h: int = 18
+    caption_lines: tuple[tuple[str, ...], ...] = ()  # of the listed scenes (at most _MAX_SCENE_ROWS)
+    num_scenes: int = 0
+    num_windows: int = 0
+    drawn_windows: int = 0  # at most _MAX_WINDOW_ROWS
+    num_thumbs: int = 0
+    legend_lines: tuple[str, ...] = ()
+
+    @property
+    def inner(self) -> int:
+        return self.width - 2 * self.margin
+
+    @property
+    def caption_width(self) -> int:
+        return self.inner - self.caption_x
+
+    @property
+    def thumb_rows(self) -> int:
+        return -(-self.num_thumbs // self.thumbs_per_row) if self.num_thumbs else 0
+
+    # -- section heights, in drawing order
+    def timeline_height(self) -> int:
+        return self.head_h + self.bar_h + self.ticks_h
+
+    def windows_height(self) -> int:
+        if not self.num_windows:
+            return 0
+        more = self.window_more_h if self.num_windows > self.drawn_windows else 0
+        return (self.window_head_h + self.drawn_windows * (self.window_row_h + self.window_row_gap) + more
+                + self.window_tail_h)
+
+    def caption_row_height(self, lines: Sequence[str]) -> int:
+        return max(self.caption_min_lines, len(lines)) * self.line_h + self.caption_gap
+
+    def captions_height(self) -> int:
+        more = self.scenes_more_h if self.num_scenes > len(self.caption_lines) else 0
+        return self.caption_head_h + sum(self.caption_row_height(lines) for lines in self.caption_lines) + more
+
+    def thumbs_height(self) -> int:
+        return self.thumb_head_h + self.thumb_rows * (self.thumb_h + self.thumb_label_h) if self.num_thumbs else 0
+
+    def legend_height(self) -> int:
+        return self.legend_top + self.head_h + len(self.legend_lines) * self.legend_line_h if self.legend_lines else 0
+
+    def height(self) -> int:
+        return (self.margin + self.title_h + self.timeline_height() + self.windows_height() + self.captions_height()
+                + self.thumbs_height() + self.legend_height() + self.margin)
+
+
+def _layout(scratch, timeline, window_spans, first_frame, num_thumbs: int, settings, width: int) -> _Layout:
+    """Measure the storyboard: wrapped captions and legend, window row height, thumbnail grid."""
+    base = _Layout(width=width)
+    fonts = _fonts()
+    caption_lines = tuple(tuple(_wrap(scratch, s.caption, fonts.text, base.caption_width, _MAX_CAPTION_LINES))
+                          for s in timeline.scenes[:_MAX_SCENE_ROWS])
+    n_windows = len(window_spans)
+    drawn = min(n_windows, _MAX_WINDOW_ROWS)
+    row_h = base.window_row_h if n_windows <= 24 else max(4, 336 // drawn)
+    legend_items = [f"{k}: {v}" for k, v in (settings or {}).items()]
+    legend = (tuple(_wrap(scratch, "  |  ".join(legend_items), fonts.small, base.inner, _MAX_LEGEND_LINES))
+              if legend_items else ())
+    per_row, thumb_w, thumb_h = 1, 0, 0
+    if num_thumbs:
+        per_row = min(len(timeline.scenes), 6)
+        thumb_w = min((base.inner - base.thumb_gap * (per_row - 1)) // per_row, 360)
+        thumb_h = min(max(16, int(round(thumb_w * first_frame.shape[0] / first_frame.shape[1]))), 2 * thumb_w)
+    return replace(base, window_row_h=row_h, thumbs_per_row=per_row, thumb_w=thumb_w, thumb_h=thumb_h,
+                   caption_lines=caption_lines, num_scenes=len(timeline.scenes), num_windows=n_windows,
+                   drawn_windows=drawn, num_thumbs=num_thumbs, legend_lines=legend)
+
+
+@dataclass(frozen=True)
+class _Fonts:
+    title: Any
+    head: Any
+    text: Any
+    small: Any
+
+
+def _fonts() -> _Fonts:
+    return _Fonts(_font(26, True), _font(17, True), _font(15), _font(13))
+
+
 def render_storyboard(
     timeline,
     *,
@@ -237,7 +350,6 @@ def render_storyboard(
     from PIL import Image, ImageDraw
 
     scenes = timeline.scenes
-    spans = timeline.scene_latent_spans()
     num_latents = timeline.num_latents
     if scene_frames is not None and len(scene_frames) != len(scenes):
         raise ConfigError(f"scene_frames has {len(scene_frames)} frames for {len(scenes)} scenes; give one per scene.")
@@ -247,153 +359,163 @@ def render_storyboard(
                 f"window span ({start}, {end}) is outside the timeline's {num_latents} latents; spans are latent "
                 "indices (start, end) with end exclusive."
             )
-
-    margin = 28
-    inner = width - 2 * margin
-    f_title, f_head, f_text, f_small = _font(26, True), _font(17, True), _font(15), _font(13)
+    shown = scene_frames[:_MAX_THUMBNAILS] if scene_frames is not None else []
+    frames = [frames_to_uint8(frame)[0] for frame in shown]
     scratch = ImageDraw.Draw(Image.new("RGB", (8, 8)))
-    line_h = 20
-    colour = [_PALETTE[i % len(_PALETTE)] for i in range(len(scenes))]
+    layout = _layout(scratch, timeline, window_spans, frames[0] if frames else None, len(frames), settings, width)
+    board = _Board(Image.new("RGB", (width, layout.height()), _BG), layout, timeline)
 
-    # ---- layout pass: measure everything, then draw on a canvas of the right height
-    caption_col = inner - 210  # caption text right of a "12  0.0s-3.2s" column
-    listed = scenes[:_MAX_SCENE_ROWS]
-    caption_lines = [_wrap(scratch, scene.caption, f_text, caption_col, _MAX_CAPTION_LINES) for scene in listed]
-    thumbs: list[Any] = []
-    thumb_w = thumb_h = 0
-    per_row = 1
-    if scene_frames is not None and len(scene_frames):
-        per_row = min(len(scenes), 6)
-        gap = 12
-        thumb_w = min((inner - gap * (per_row - 1)) // per_row, 360)
-        first = frames_to_uint8(scene_frames[0])[0]
-        thumb_h = max(16, int(round(thumb_w * first.shape[0] / first.shape[1])))
-        thumb_h = min(thumb_h, 2 * thumb_w)
-        for frame in scene_frames[:_MAX_THUMBNAILS]:
-            img = Image.fromarray(frames_to_uint8(frame)[0])
-            # nearest for tiny frames (keeps pixels crisp), bicubic for real ones
-            resample = Image.NEAREST if img.width * 4 <= thumb_w else Image.BICUBIC
-            thumbs.append(img.resize((thumb_w, thumb_h), resample))
-    thumb_rows = -(-len(thumbs) // per_row) if thumbs else 0
-
-    n_windows = len(window_spans)
-    drawn_windows = list(window_spans[:_MAX_WINDOW_ROWS])
-    row_h = 14 if n_windows <= 24 else max(4, 336 // min(n_windows, _MAX_WINDOW_ROWS))
-    legend_items = [f"{k}: {v}" for k, v in (settings or {}).items()]
-    legend_lines = (_wrap(scratch, "  |  ".join(legend_items), f_small, inner, _MAX_LEGEND_LINES)
-                    if legend_items else [])
-
-    bar_h = 34
-    height = margin + 40  # title
-    height += 22 + bar_h + 26  # axis labels + bar + ticks
-    height += (26 + len(drawn_windows) * (row_h + 3) + 10 + (20 if n_windows > len(drawn_windows) else 0)
-               if n_windows else 0)
-    height += 30 + sum(max(2, len(lines)) * line_h + 6 for lines in caption_lines)
-    height += 24 if len(scenes) > len(listed) else 0
-    height += (30 + thumb_rows * (thumb_h + 30)) if thumbs else 0
-    height += (26 + len(legend_lines) * 18) if legend_lines else 0
-    height += margin
-
-    image = Image.new("RGB", (width, height), _BG)
-    draw = ImageDraw.Draw(image)
-    y = margin
-    draw.text((margin, y), title, font=f_title, fill=_INK)
-    subtitle = (
-        f"{timeline.num_frames} frames, {timeline.duration_seconds:.2f} s at {timeline.fps} fps, "
-        f"{num_latents} latents, {len(scenes)} scenes, {n_windows} windows"
-    )
-    draw.text((width - margin - _text_width(draw, subtitle, f_small), y + 10), subtitle, font=f_small, fill=_MUTED)
-    y += 40
-
-    def x_of(latent: float) -> float:
-        return margin + inner * latent / num_latents
-
-    # ---- timeline bar (x axis = latent frames)
-    draw.text((margin, y), "Timeline (latent frames; numbers are scenes)", font=f_head, fill=_INK)
-    y += 22
-    for i, (first, last) in enumerate(spans):
-        x0, x1 = x_of(first), x_of(last + 1)
-        # at least 1 px per scene; no separating outline when scenes are too narrow for one to leave any colour
-        draw.rectangle([x0, y, max(x0, x1 - 1), y + bar_h], fill=colour[i], outline=_BG if x1 - x0 >= 3 else None)
-        label = str(i + 1)
-        if _text_width(draw, label, f_text) + 4 <= x1 - x0:
-            tw = _text_width(draw, label, f_text)
-            draw.text(((x0 + x1 - tw) / 2, y + 8), label, font=f_text, fill=_text_colour(colour[i]))
-    y += bar_h + 2
-    tick_every = max(1, round(num_latents / 12))
-    ticks = [t for t in range(0, num_latents, tick_every) if num_latents - t >= tick_every / 2] + [num_latents]
-    for latent in ticks:
-        x = x_of(latent)
-        draw.line([x, y, x, y + 5], fill=_MUTED)
-        label = f"{latent}"
-        tw = _text_width(draw, label, f_small)
-        draw.text((min(max(x - tw / 2, margin), width - margin - tw), y + 6), label, font=f_small, fill=_MUTED)
-    y += 24
-
-    # ---- windows, one row each, on the same axis
-    if n_windows:
-        draw.text((margin, y), f"Windows ({n_windows}, latent spans; overlaps are averaged)", font=f_head, fill=_INK)
-        y += 26
-        for start, end in drawn_windows:
-            x0, x1 = x_of(start), x_of(end)
-            # light guide across the full axis, then the window itself
-            draw.line([margin, y + row_h / 2, width - margin, y + row_h / 2], fill=(225, 225, 222))
-            draw.rectangle([x0, y, max(x0, x1 - 1), y + row_h], fill=(90, 110, 160), outline=(50, 60, 100))
-            if row_h >= 12:
-                label = f"{start}-{end - 1}"
-                tw = _text_width(draw, label, f_small)
-                if tw + 6 <= x1 - x0:
-                    draw.text((x0 + 4, y - 1), label, font=f_small, fill=(255, 255, 255))
-            y += row_h + 3
-        if n_windows > len(drawn_windows):
-            draw.text((margin, y), f"... {n_windows - len(drawn_windows)} more windows", font=f_small, fill=_MUTED)
-            y += 20
-        y += 10
-
-    # ---- captions
-    draw.text((margin, y), "Scenes", font=f_head, fill=_INK)
-    y += 30
-    for i, (scene, lines) in enumerate(zip(listed, caption_lines)):
-        draw.rectangle([margin, y + 2, margin + 16, y + 18], fill=colour[i])
-        draw.text((margin + 24, y), f"{i + 1}", font=f_head, fill=_INK)
-        first, last = spans[i]
-        span = f"{_fmt_seconds(scene.start / timeline.fps)}-{_fmt_seconds(scene.end / timeline.fps)}"
-        draw.text((margin + 58, y + 1), span, font=f_small, fill=_MUTED)
-        draw.text((margin + 58, y + 17), f"lat {first}-{last}", font=f_small, fill=_MUTED)
-        for j, line in enumerate(lines):
-            draw.text((margin + 210, y + j * line_h), line, font=f_text, fill=_INK)
-        y += max(2, len(lines)) * line_h + 6
-    if len(scenes) > len(listed):
-        draw.text((margin, y), f"... {len(scenes) - len(listed)} more scenes (all are in the timeline JSON)",
-                  font=f_small, fill=_MUTED)
-        y += 24
-
-    # ---- thumbnails: one decoded frame per scene (its middle frame)
-    if thumbs:
-        draw.text((margin, y), "One decoded frame per scene", font=f_head, fill=_INK)
-        y += 30
-        for i, thumb in enumerate(thumbs):
-            row, col = divmod(i, per_row)
-            x = margin + col * (thumb_w + 12)
-            ty = y + row * (thumb_h + 30)
-            image.paste(thumb, (int(x), int(ty)))
-            draw.rectangle([x, ty + thumb_h + 2, x + thumb_w - 1, ty + thumb_h + 6], fill=colour[i])
-            label = _wrap(draw, f"{i + 1}. {scenes[i].caption}"[:_MAX_CHARS_PER_LINE], f_small, thumb_w)[0]
-            draw.text((x, ty + thumb_h + 8), label, font=f_small, fill=_INK)
-        y += thumb_rows * (thumb_h + 30)
-
-    # ---- legend
-    if legend_lines:
-        y += 6
-        draw.text((margin, y), "Settings", font=f_head, fill=_INK)
-        y += 22
-        for line in legend_lines:
-            draw.text((margin, y), line, font=f_small, fill=_MUTED)
-            y += 18
-
-    image = image.crop((0, 0, width, min(height, y + margin)))
+    y = board.title(layout.margin, title, len(window_spans))
+    y = board.timeline_bar(y)
+    y = board.windows(y, window_spans)
+    y = board.captions(y)
+    y = board.thumbnails(y, frames)
+    y = board.legend(y)
+    image = board.image
     if path is not None:
         with atomic_path(path) as tmp:
             image.save(tmp, format="PNG")
     return image
+
+
+class _Board:
+    """Draws the sections of a storyboard on ``image``, each from ``layout``; every method takes the section's top
+    ``y`` and returns the next section's."""
+
+    def __init__(self, image, layout: _Layout, timeline):
+        from PIL import ImageDraw
+
+        self.image, self.layout, self.timeline = image, layout, timeline
+        self.draw = ImageDraw.Draw(image)
+        self.fonts = _fonts()
+        self.colour = [_PALETTE[i % len(_PALETTE)] for i in range(len(timeline.scenes))]
+        self.spans = timeline.scene_latent_spans()
+
+    def x_of(self, latent: float) -> float:
+        return self.layout.margin + self.layout.inner * latent / self.timeline.num_latents
+
+    def title(self, y: int, title: str, num_windows: int) -> int:
+        lay, draw, f, tl = self.layout, self.draw, self.fonts, self.timeline
+        draw.text((lay.margin, y), title, font=f.title, fill=_INK)
+        subtitle = (
+            f"{tl.num_frames} frames, {tl.duration_seconds:.2f} s at {tl.fps} fps, "
+            f"{tl.num_latents} latents, {len(tl.scenes)} scenes, {num_windows} windows"
+        )
+        draw.text((lay.width - lay.margin - _text_width(draw, subtitle, f.small), y + 10), subtitle, font=f.small,
+                  fill=_MUTED)
+        return y + lay.title_h
+
+    def timeline_bar(self, y: int) -> int:
+        """The timeline as coloured scenes on the latent axis, numbered, with ticks (x axis = latent frames)."""
+        lay, draw, f = self.layout, self.draw, self.fonts
+        end = y + lay.timeline_height()
+        draw.text((lay.margin, y), "Timeline (latent frames; numbers are scenes)", font=f.head, fill=_INK)
+        y += lay.head_h
+        for i, (first, last) in enumerate(self.spans):
+            x0, x1 = self.x_of(first), self.x_of(last + 1)
+            # at least 1 px per scene; no separating outline when scenes are too narrow for one to leave any colour
+            draw.rectangle([x0, y, max(x0, x1 - 1), y + lay.bar_h], fill=self.colour[i],
+                           outline=_BG if x1 - x0 >= 3 else None)
+            label = str(i + 1)
+            if _text_width(draw, label, f.text) + 4 <= x1 - x0:
+                tw = _text_width(draw, label, f.text)
+                draw.text(((x0 + x1 - tw) / 2, y + 8), label, font=f.text, fill=_text_colour(self.colour[i]))
+        y += lay.bar_h + 2
+        num_latents = self.timeline.num_latents
+        tick_every = max(1, round(num_latents / 12))
+        ticks = [t for t in range(0, num_latents, tick_every) if num_latents - t >= tick_every / 2] + [num_latents]
+        for latent in ticks:
+            x = self.x_of(latent)
+            draw.line([x, y, x, y + 5], fill=_MUTED)
+            label = f"{latent}"
+            tw = _text_width(draw, label, f.small)
+            draw.text((min(max(x - tw / 2, lay.margin), lay.width - lay.margin - tw), y + 6), label, font=f.small,
+                      fill=_MUTED)
+        return end
+
+    def windows(self, y: int, window_spans: Sequence[tuple[int, int]]) -> int:
+        """One row per window on the same axis, so overlaps are visible."""
+        lay, draw, f = self.layout, self.draw, self.fonts
+        if not window_spans:
+            return y
+        end = y + lay.windows_height()
+        draw.text((lay.margin, y), f"Windows ({len(window_spans)}, latent spans; overlaps are averaged)", font=f.head,
+                  fill=_INK)
+        y += lay.window_head_h
+        row_h = lay.window_row_h
+        for start, stop in window_spans[: lay.drawn_windows]:
+            x0, x1 = self.x_of(start), self.x_of(stop)
+            # light guide across the full axis, then the window itself
+            draw.line([lay.margin, y + row_h / 2, lay.width - lay.margin, y + row_h / 2], fill=(225, 225, 222))
+            draw.rectangle([x0, y, max(x0, x1 - 1), y + row_h], fill=(90, 110, 160), outline=(50, 60, 100))
+            if row_h >= 12:
+                label = f"{start}-{stop - 1}"
+                tw = _text_width(draw, label, f.small)
+                if tw + 6 <= x1 - x0:
+                    draw.text((x0 + 4, y - 1), label, font=f.small, fill=(255, 255, 255))
+            y += row_h + lay.window_row_gap
+        if len(window_spans) > lay.drawn_windows:
+            draw.text((lay.margin, y), f"... {len(window_spans) - lay.drawn_windows} more windows", font=f.small,
+                      fill=_MUTED)
+        return end
+
+    def captions(self, y: int) -> int:
+        """Each scene: its colour, number, time and latent spans, and its wrapped caption."""
+        lay, draw, f, tl = self.layout, self.draw, self.fonts, self.timeline
+        draw.text((lay.margin, y), "Scenes", font=f.head, fill=_INK)
+        y += lay.caption_head_h
+        for i, (scene, lines) in enumerate(zip(tl.scenes, lay.caption_lines)):
+            draw.rectangle([lay.margin, y + 2, lay.margin + 16, y + 18], fill=self.colour[i])
+            draw.text((lay.margin + 24, y), f"{i + 1}", font=f.head, fill=_INK)
+            first, last = self.spans[i]
+            span = f"{_fmt_seconds(scene.start / tl.fps)}-{_fmt_seconds(scene.end / tl.fps)}"
+            draw.text((lay.margin + 58, y + 1), span, font=f.small, fill=_MUTED)
+            draw.text((lay.margin + 58, y + 17), f"lat {first}-{last}", font=f.small, fill=_MUTED)
+            for j, line in enumerate(lines):
+                draw.text((lay.margin + lay.caption_x, y + j * lay.line_h), line, font=f.text, fill=_INK)
+            y += lay.caption_row_height(lines)
+        if lay.num_scenes > len(lay.caption_lines):
+            draw.text((lay.margin, y), f"... {lay.num_scenes - len(lay.caption_lines)} more scenes (all are in the "
+                      "timeline JSON)", font=f.small, fill=_MUTED)
+            y += lay.scenes_more_h
+        return y
+
+    def thumbnails(self, y: int, frames: Sequence[np.ndarray]) -> int:
+        """One decoded frame per scene (its middle frame), with the scene's colour and caption under it."""
+        from PIL import Image
+
+        lay, draw, f = self.layout, self.draw, self.fonts
+        if not frames:
+            return y
+        end = y + lay.thumbs_height()
+        draw.text((lay.margin, y), "One decoded frame per scene", font=f.head, fill=_INK)
+        y += lay.thumb_head_h
+        for i, frame in enumerate(frames):
+            img = Image.fromarray(frame)
+            # nearest for tiny frames (keeps pixels crisp), bicubic for real ones
+            resample = Image.NEAREST if img.width * 4 <= lay.thumb_w else Image.BICUBIC
+            thumb = img.resize((lay.thumb_w, lay.thumb_h), resample)
+            row, col = divmod(i, lay.thumbs_per_row)
+            x = lay.margin + col * (lay.thumb_w + lay.thumb_gap)
+            ty = y + row * (lay.thumb_h + lay.thumb_label_h)
+            self.image.paste(thumb, (int(x), int(ty)))
+            draw.rectangle([x, ty + lay.thumb_h + 2, x + lay.thumb_w - 1, ty + lay.thumb_h + 6], fill=self.colour[i])
+            label = _wrap(draw, f"{i + 1}. {self.timeline.scenes[i].caption}"[:_MAX_CHARS_PER_LINE], f.small,
+                          lay.thumb_w)[0]
+            draw.text((x, ty + lay.thumb_h + 8), label, font=f.small, fill=_INK)
+        return end
+
+    def legend(self, y: int) -> int:
+        """The settings, ``key: value`` separated by bars, wrapped."""
+        lay, draw, f = self.layout, self.draw, self.fonts
+        if not lay.legend_lines:
+            return y
+        end = y + lay.legend_height()
+        y += lay.legend_top
+        draw.text((lay.margin, y), "Settings", font=f.head, fill=_INK)
+        y += lay.head_h
+        for line in lay.legend_lines:
+            draw.text((lay.margin, y), line, font=f.small, fill=_MUTED)
+            y += lay.legend_line_h
+        return end
 
