@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import DatasetError, FrameCapError
 from ..fileio import atomic_write_text
+from ..grid import num_frames_for_latents, num_latents_for_frames
 from .annotations import Annotator, gemini_annotator, load_annotations
 from .hashing import phash, video_distance
 from .manifest import ClipRecord, ManifestWriter, sort_manifest
@@ -71,7 +72,7 @@ class DatasetConfig:
     def train_frames(self) -> int:
         """Training frames per clip: the largest ``4k + 1`` not above ``clip_seconds * fps`` (8 s at 16 -> 125)."""
         n = int(math.floor(self.clip_seconds * self.fps + 1e-9))
-        return (n - 1) // 4 * 4 + 1 if n >= 1 else 0
+        return num_frames_for_latents(num_latents_for_frames(n)) if n >= 1 else 0
 
 
 @dataclass

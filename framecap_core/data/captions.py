@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TimelineError
+from ..grid import latent_owners
 from .manifest import ClipRecord
 
 
@@ -46,7 +47,7 @@ def clip_latent_captions(record: ClipRecord) -> tuple[list[str], list[int]]:
             break
         except TimelineError:
             # Drop the first scene that owns no latent: extend its predecessor (or successor) over it.
-            owned = set(_majority_owner([(s, e) for s, e, _ in scenes], n))
+            owned = set(latent_owners([i for i, (s, e, _) in enumerate(scenes) for _frame in range(s, e)]))
             lost = next(i for i in range(len(scenes)) if i not in owned)
             if lost > 0:
                 scenes[lost - 1][1] = scenes[lost][1]
@@ -62,15 +63,3 @@ def clip_latent_captions(record: ClipRecord) -> tuple[list[str], list[int]]:
             scenes = merged
     return timeline.unique_captions(), timeline.latent_unique_indices()
 
-
-def _majority_owner(spans: list[tuple[int, int]], num_frames: int) -> list[int]:
-    """Scene index owning each latent by majority of its pixel frames, earlier scene on ties (Timeline's rule)."""
-    owner_of_frame = np.empty(num_frames, dtype=np.int64)
-    for i, (s, e) in enumerate(spans):
-        owner_of_frame[s:e] = i
-    owners = [int(owner_of_frame[0])]
-    for j in range(1, (num_frames - 1) // 4 + 1):
-        block = owner_of_frame[4 * j - 3 : 4 * j + 1]
-        values, counts = np.unique(block, return_counts=True)
-        owners.append(int(values[counts == counts.max()].min()))
-    return owners

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError
+from ..grid import VAE_SCALE, size_multiple
 from .cache import CACHE_INDEX, EMPTY_CAPTION_FILE, CacheWriter, cached_clip_ids
 from .captions import clip_latent_captions
 from .manifest import read_manifest
@@ -76,8 +77,10 @@ def build_latent_cache(
     import torch
     from tqdm.auto import tqdm
 
-    if height % 16 or width % 16 or height < 16 or width < 16:
-        raise DatasetError(f"height and width must be multiples of 16 (VAE stride 8 x patch 2); got {height}x{width}.")
+    multiple = size_multiple()  # Wan2.1's VAE stride x patch (the cache is for Wan2.1-shaped models)
+    if height % multiple or width % multiple or height < multiple or width < multiple:
+        raise DatasetError(f"height and width must be multiples of {multiple} (VAE stride {VAE_SCALE} x patch 2); got "
+                           f"{height}x{width}.")
     manifest = Path(manifest)
     index_no, count = shard
     if not (0 <= index_no < count):

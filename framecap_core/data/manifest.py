@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import DatasetError
 from ..fileio import atomic_write_text
+from ..grid import num_latents_for_frames
 
 MANIFEST_FORMAT = "framecap-manifest/1"
 
@@ -71,7 +72,7 @@ class ClipRecord:
 
     @property
     def num_latents(self) -> int:
-        return (len(self.frame_indices) - 1) // 4 + 1
+        return num_latents_for_frames(len(self.frame_indices))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
