@@ -629,7 +629,8 @@ def fifo(
             f"pass sigmas=None or schedule.flow_sigmas({window}, shift)."
         )
     num_latents = noise.shape[1]
-    cost = estimate_cost("fifo", num_latents, window=window, lookahead=lookahead)
+    cost = _cost("fifo", num_latents, None, window=window, num_steps=None, lookahead=lookahead, df_step=0,
+                 causal_block_size=1, window_batch_size=None, solver="euler")  # the progress total, no windows
     progress = _Progress("fifo", cost, callback)
     n = min(window, num_latents)
     device = noise.device
