@@ -13,12 +13,12 @@ import torch
 
 from ..convert import TRANSFORMER_PREFIXES
 from ..errors import ModelLoadError
-from ..model_settings import FRAMECAP_JSON  # noqa: F401 - re-exported; defined once in model_settings
+from ..grid import TEXT_LEN as DEFAULT_TEXT_LEN  # noqa: F401  (re-exported: Wan pads / truncates captions to it)
+from ..model_settings import FRAMECAP_JSON, read_model_settings  # noqa: F401  (FRAMECAP_JSON re-exported)
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # framecap_core/
 SHIPPED_CONFIG_DIR = PACKAGE_DIR / "configs" / "wan2.1_t2v_1.3b"
 TOY_MODEL_DIR = PACKAGE_DIR / "toy_model"
-DEFAULT_TEXT_LEN = 512  # Wan pads / truncates every caption to 512 UMT5 tokens
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 
@@ -166,8 +166,6 @@ def list_model_files(folder: str | os.PathLike, *, max_depth: int = 2) -> dict[s
 
 
 def read_framecap_json(folder: str | os.PathLike | None) -> dict:
-    """Settings a model folder carries in ``framecap.json`` (e.g. ``{"text_len": 64}``); {} when absent. The one
-    reader is :func:`framecap_core.model_settings.read_model_settings`."""
-    from ..model_settings import read_model_settings
-
+    """Settings a model folder carries in ``framecap.json`` (e.g. ``{"text_len": 64}``); {} when absent
+    (:func:`framecap_core.model_settings.read_model_settings`, the one reader)."""
     return read_model_settings(folder).raw

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, ModelLoadError
+from ..grid import PATCH_SIZE, TEMPORAL_STRIDE, VAE_SCALE
 from .checkpoint import apply_checkpoint
 from .components import load_text_encoder, load_transformer, load_vae
 from .devices import resolve_device, resolve_dtype
@@ -35,9 +36,9 @@ class WanModel:
     text_len: int
     latents_mean: torch.Tensor
     latents_std: torch.Tensor
-    vae_scale: int = 8
-    vae_scale_temporal: int = 4
-    patch_size: tuple[int, int, int] = (1, 2, 2)
+    vae_scale: int = VAE_SCALE
+    vae_scale_temporal: int = TEMPORAL_STRIDE
+    patch_size: tuple[int, int, int] = PATCH_SIZE
     name: str = "wan"
     id: str = ""
     text_encoder_id: str = ""
@@ -92,7 +93,7 @@ def load_wan(
 
     ``checkpoint``: a fine-tune applied on top (full state dict or LoRA, detected); ``lora``: a LoRA applied after
     it, both merged with ``lora_scale``. ``text_len``: tokens per caption (default: the folder's ``framecap.json``,
-    else 512). ``frame_level``: install frame-level cross-attention on the transformer.
+    else ``grid.TEXT_LEN`` = 512). ``frame_level``: install frame-level cross-attention on the transformer.
 
     Placement (:mod:`framecap_core.placement`; nothing changes on the CPU): ``offload`` "model" (default: each part
     on ``device`` only while it runs), "none" (all parts stay on it) or "sequential" (also the transformer's blocks
@@ -178,8 +179,8 @@ def load_wan(
         text_len=tl,
         latents_mean=torch.tensor(vae_config["latents_mean"], dtype=torch.float32),
         latents_std=torch.tensor(vae_config["latents_std"], dtype=torch.float32),
-        vae_scale=int(vae_config.get("scale_factor_spatial") or 8),
-        vae_scale_temporal=int(vae_config.get("scale_factor_temporal") or 4),
+        vae_scale=int(vae_config.get("scale_factor_spatial") or VAE_SCALE),
+        vae_scale_temporal=int(vae_config.get("scale_factor_temporal") or TEMPORAL_STRIDE),
         patch_size=tuple(transformer.config.patch_size),
         name=src.name,
         id=model_id,
