@@ -45,3 +45,15 @@ def test_every_method_has_a_sampler_and_validation_takes_exactly_the_table():
             GenerationSettings(**{field: name}).validate()
         with pytest.raises(ConfigError, match=", ".join(table)):
             GenerationSettings(**{field: "nonsense"}).validate()
+
+
+def test_every_dtype_name_loads_and_a_wrong_one_lists_the_table():
+    import torch
+
+    from framecap_core.errors import ModelLoadError
+    from framecap_core.models import resolve_dtype
+
+    assert {name: resolve_dtype(name, "cpu") for name in choices.DTYPES} == {
+        "auto": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    with pytest.raises(ModelLoadError, match="use one of bf16, fp16, fp32 or auto"):
+        resolve_dtype("fp8", "cpu")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..choices import DTYPES
 from ..errors import ModelLoadError
 
 _DTYPES = {
@@ -37,4 +38,5 @@ def resolve_dtype(dtype: str | torch.dtype | None = "auto", device: torch.device
     try:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
-        raise ModelLoadError(f"Unknown dtype {dtype!r}; use one of bf16, fp16, fp32 or auto.") from None
+        names = [name for name in DTYPES if name != "auto"]
+        raise ModelLoadError(f"Unknown dtype {dtype!r}; use one of {', '.join(names)} or auto.") from None
