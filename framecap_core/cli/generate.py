@@ -414,10 +414,10 @@ def _generate_and_write(args, timeline, settings, plan, *, group=None, rank: int
         raise ConfigError(f"--out must end in .mp4, got {str(out)!r}; e.g. --out {out.with_suffix('.mp4')}.")
     # Before the model is loaded: a path that cannot be written must not cost a generation.
     from framecap_core.fileio import check_output_path
-    from framecap_core.video import storyboard_path
+    from framecap_core.output import storyboard_path, timeline_path
 
     check_output_path(out, "--out")
-    for beside in (out.with_name(out.stem + ".timeline.json"), storyboard_path(out)):
+    for beside in (timeline_path(out), storyboard_path(out)):
         check_output_path(beside, f"--out (the file beside it, {beside.name})")
 
     from framecap_core.models import load_wan, resolve_model_source
