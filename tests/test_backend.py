@@ -153,3 +153,16 @@ def test_streamed_decode_equals_one_vae_call(vae):
     ref = ((ref.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
     assert np.array_equal(frames, ref)
     assert np.array_equal(decode_latents(vae, latents, mean, std, stream=False), ref)
+
+
+def test_training_and_sampling_share_the_timestep_rule():
+    from framecap_core.backend import token_timesteps
+    from framecap_core.training import frame_timesteps
+
+    same = torch.tensor([[0.5, 0.5, 0.5], [0.25, 0.25, 0.25]])
+    assert torch.equal(frame_timesteps(same, 4), torch.tensor([500.0, 250.0]))
+    per_frame = torch.tensor([[0.0, 0.5, 1.0]])
+    expected = torch.tensor([[0.0] * 2 + [500.0] * 2 + [1000.0] * 2])
+    assert torch.equal(frame_timesteps(per_frame, 2), expected)
+    assert torch.equal(token_timesteps(per_frame * 1000, 2), expected)
+    assert torch.equal(token_timesteps(same * 1000, 4, per_token=True), (same * 1000).repeat_interleave(4, dim=1))

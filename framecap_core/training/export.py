@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
+from ..grid import TEXT_LEN
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .model import load_base_transformer, prepare_transformer
@@ -148,7 +149,7 @@ def export_checkpoint(
                                                                  f"(lora_rank 0)"))
     if transformer is None:
         transformer = load_base_transformer(config)
-    text_len = state.get("extra", {}).get("text_len") or config.text_len or 512
+    text_len = state.get("extra", {}).get("text_len") or config.text_len or TEXT_LEN
     transformer = prepare_transformer(transformer, config, text_len)
     load_checkpoint(checkpoint, transformer)
     transformer.eval()

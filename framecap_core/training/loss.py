@@ -7,18 +7,15 @@ from collections.abc import Sequence
 
 import torch
 
+from ..backend import token_timesteps
+from ..schedule import NUM_TRAIN_TIMESTEPS
+
 
 def frame_timesteps(sigmas: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
-    """Transformer timesteps for per-frame sigmas ``[B, N]``.
-
-    Returns ``[B]`` (``1000 * s``) when every frame of each sample shares one sigma (the stock, cheaper path), else
-    ``[B, N * tokens_per_frame]``: each frame's timestep repeated over its ``h*w`` tokens (frame-major, as Wan
-    orders its tokens), which diffusers' Wan transformer turns into per-token modulation.
-    """
-    t = sigmas * 1000.0
-    if bool((t == t[:, :1]).all()):
-        return t[:, 0]
-    return t.repeat_interleave(tokens_per_frame, dim=1)
+    """Transformer timesteps for per-frame sigmas ``[B, N]``: ``1000 * s`` through
+    :func:`framecap_core.backend.token_timesteps`, the rule sampling uses too (``[B]`` when every frame of a sample
+    shares one sigma, else ``[B, N * tokens_per_frame]``)."""
+    return token_timesteps(sigmas * float(NUM_TRAIN_TIMESTEPS), tokens_per_frame)
 
 
 def df_flow_matching_loss(
