@@ -1,7 +1,7 @@
 """The native backend: FrameCap's ``Denoiser`` over a ComfyUI ``MODEL`` (a ``ModelPatcher`` holding Wan2.1 T2V).
 
 The core samplers (PMWD, sliding window, FIFO, single, Diffusion Forcing matrices) only see the ``Denoiser``
-protocol ``(x [K, C, N, h, w], t [K, N], frames [K, N]) -> v``. :class:`NativeWanDenoiser` answers it with the
+protocol ``(x [K, C, N, h, w], t [K, N], latent_index [K, N]) -> v``. :class:`NativeWanDenoiser` answers it with the
 user's own ComfyUI model — the one from Load Diffusion Model, after LoRAs, ModelSamplingSD3 and whatever else the
 graph patched — through ComfyUI's own sampling function, so ComfyUI loads and offloads the weights, batches cond
 and uncond as memory allows, and runs its cfg / pre-cfg / post-cfg hooks and model wrappers.
@@ -330,14 +330,14 @@ class NativeWanDenoiser:
     def num_latents(self) -> int:
         return int(self.caption_index.numel())
 
-    def _contexts(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _contexts(self, latent_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Cond ``[K, N*T, D]`` (or ``[K, T, D]`` when one caption covers the call) and uncond contexts."""
-        if int(frames.min()) < 0 or int(frames.max()) >= self.num_latents:
+        if int(latent_index.min()) < 0 or int(latent_index.max()) >= self.num_latents:
             raise ConfigError(
-                f"latent indices {int(frames.min())}..{int(frames.max())} are outside the video's {self.num_latents} "
+                f"latent indices {int(latent_index.min())}..{int(latent_index.max())} are outside the video's {self.num_latents} "
                 "latents."
             )
-        index = self.caption_index[frames.to(self.caption_index.device)]
+        index = self.caption_index[latent_index.to(self.caption_index.device)]
         k, n = index.shape
         if self.collapse_shared_caption and bool((index == index.flatten()[0]).all()):
             cond = self.caption_embeds[index[:, 0]]
@@ -356,15 +356,15 @@ class NativeWanDenoiser:
         cond = [{"cross_attn": context, "model_conds": {}, "uuid": self._uuids[which]}]
         return comfy.samplers.encode_model_conds(self.model.extra_conds, cond, x, x.device, prompt_type)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        """``x [K, C, N, h, w]`` (normalized latents), ``t [K, N]`` in [0, 1000], ``frames [K, N]`` -> ``v``
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, latent_index: torch.Tensor) -> torch.Tensor:
+        """``x [K, C, N, h, w]`` (normalized latents), ``t [K, N]`` in [0, 1000], ``latent_index [K, N]`` -> ``v``
         float32 ``[K, C, N, h, w]``, guided."""
         import comfy.samplers
 
-        if x.ndim != 5 or t.shape != x.shape[:1] + x.shape[2:3] or frames.shape != t.shape:
+        if x.ndim != 5 or t.shape != x.shape[:1] + x.shape[2:3] or latent_index.shape != t.shape:
             raise ConfigError(
-                f"NativeWanDenoiser expects x [K, C, N, h, w], t [K, N] and frames [K, N]; got {tuple(x.shape)}, "
-                f"{tuple(t.shape)}, {tuple(frames.shape)}."
+                f"NativeWanDenoiser expects x [K, C, N, h, w], t [K, N] and latent_index [K, N]; got {tuple(x.shape)}, "
+                f"{tuple(t.shape)}, {tuple(latent_index.shape)}."
             )
         k = x.shape[0]
         xin = x.float()
@@ -378,7 +378,7 @@ class NativeWanDenoiser:
             sampling = self.model.model_sampling
             model_options = {**model_options, "transformer_options": {
                 **model_options.get("transformer_options", {}), FRAME_TIMESTEPS_KEY: sampling.timestep(sigma_frames)}}
-        cond_ctx, uncond_ctx = self._contexts(frames)
+        cond_ctx, uncond_ctx = self._contexts(latent_index)
         device = xin.device
         cond = self._conds(cond_ctx.to(device), xin, 0, "positive")
         uncond = None if uncond_ctx is None else self._conds(uncond_ctx.to(device), xin, 1, "negative")

@@ -171,7 +171,7 @@ class FrameCapNativeSampler:
             height=int(height), fps=timeline.fps, window_batch_size=int(window_batch_size) or None,
             negative=conditioning.negative,
         )
-        plan = plan_generation(timeline, settings)  # validates; raises ConfigError naming the fix
+        plan = plan_generation(timeline, settings)  # validates (ConfigError naming the fix); run below as planned
         base = clone.model
         channels = int(base.latent_format.latent_channels)
         h, w = plan.latent_size
@@ -185,8 +185,8 @@ class FrameCapNativeSampler:
             on_progress = preview_progress(comfy_compat.progress_bar(plan.total_forwards), previewer, collector)
             denoiser = collector or denoiser
             info = _NativeModelInfo(clone.load_device, channels)
-            result = generate(info, timeline, settings, progress=on_progress, cancel=comfy_compat.cancel_requested,
-                              decode=False, denoiser=denoiser)
+            result = generate(info, plan, progress=on_progress, cancel=comfy_compat.cancel_requested, decode=False,
+                              denoiser=denoiser)
         # The samplers work in the model's normalized space; a LATENT holds the VAE's raw latents.
         raw = base.process_latent_out(result.latents[None].float())  # [1, C, L, h, w]
         latent_info = {
