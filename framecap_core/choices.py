@@ -1,4 +1,4 @@
-"""The named choices of a generation: methods, fusions, solvers and dtypes, each with what it means.
+"""The named choices of a generation: methods, fusions, solvers, dtypes and placements, each with what it means.
 
 One table that ``GenerationSettings.validate``, the CLI's argparse ``choices`` and the ComfyUI node widgets all
 read, so a new method or solver is added here once. Order is the order shown to users (the first is the default).
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import textwrap
 
-__all__ = ["DTYPES", "FUSIONS", "METHODS", "SOLVERS", "describe_choices"]
+__all__ = ["DTYPES", "FUSIONS", "METHODS", "OFFLOAD", "SOLVERS", "TEXT_ENCODER_DEVICES", "VAE_DTYPES", "WEIGHT_DTYPES",
+           "describe_choices"]
 
 METHODS = {
     "pmwd": "Parallel Multi-Window Denoising (default): all windows at every step, averaged where they overlap, "
@@ -37,6 +38,31 @@ DTYPES = {
     "bf16": "bfloat16",
     "fp16": "float16",
     "fp32": "float32",
+}
+
+# Where the model's parts rest and run (framecap_core.placement). Node widgets keep ComfyUI's order of first
+# appearance, so the defaults are named where they are used: offload "model", the others their first entry.
+OFFLOAD = {
+    "none": "every part stays on the device all the time (fastest when it fits)",
+    "model": "each part (text encoder, transformer, VAE) on the device only while it runs",
+    "sequential": "also the transformer's blocks one at a time (smallest cards, slowest)",
+}
+
+TEXT_ENCODER_DEVICES = {
+    "auto": "the device when UMT5 fits its free memory, else the CPU",
+    "cpu": "the CPU (keeps UMT5-XXL's ~11 GB off the GPU; it runs once per new caption)",
+    "device": "the compute device",
+}
+
+WEIGHT_DTYPES = {
+    "default": "the transformer's block weights stored in its compute dtype",
+    "fp8_e4m3fn": "stored in float8 e4m3fn (half the memory of bf16), computed in the compute dtype",
+}
+
+VAE_DTYPES = {
+    "fp32": "float32 (diffusers' Wan examples)",
+    "bf16": "bfloat16 (half the decoding memory)",
+    "fp16": "float16",
 }
 
 

@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import choices
 from .errors import ConfigError
 
-OFFLOAD_MODES = ("none", "model", "sequential")
-WEIGHT_DTYPES = ("default", "fp8_e4m3fn")
-TEXT_ENCODER_DEVICES = ("auto", "cpu", "device")
+OFFLOAD_MODES = tuple(choices.OFFLOAD)
+WEIGHT_DTYPES = tuple(choices.WEIGHT_DTYPES)
+TEXT_ENCODER_DEVICES = tuple(choices.TEXT_ENCODER_DEVICES)
 COMPONENTS = ("text_encoder", "transformer", "vae")
 _FP8 = {"fp8_e4m3fn": torch.float8_e4m3fn}
 

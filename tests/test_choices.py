@@ -22,6 +22,10 @@ def test_cli_choices_are_the_table():
     assert tuple(actions["fusion"].choices) == tuple(choices.FUSIONS)
     assert tuple(actions["solver"].choices) == tuple(choices.SOLVERS)
     assert tuple(actions["dtype"].choices) == tuple(choices.DTYPES)
+    assert tuple(actions["offload"].choices) == tuple(choices.OFFLOAD)
+    assert tuple(actions["text_encoder_device"].choices) == tuple(choices.TEXT_ENCODER_DEVICES)
+    assert tuple(actions["weight_dtype"].choices) == tuple(choices.WEIGHT_DTYPES)
+    assert tuple(actions["vae_dtype"].choices) == tuple(choices.VAE_DTYPES)
 
 
 def test_node_widgets_are_the_table():
@@ -32,7 +36,11 @@ def test_node_widgets_are_the_table():
     assert sampler["method"][0] == list(choices.METHODS)
     assert sampler["fusion"][0] == list(choices.FUSIONS)
     assert nodes["FrameCapDFScheduler"].INPUT_TYPES()["required"]["solver"][0] == list(choices.SOLVERS)
-    assert nodes["FrameCapWanLoader"].INPUT_TYPES()["required"]["dtype"][0] == list(choices.DTYPES)
+    loader = nodes["FrameCapWanLoader"].INPUT_TYPES()
+    assert loader["required"]["dtype"][0] == list(choices.DTYPES)
+    assert loader["optional"]["offload"][0] == list(choices.OFFLOAD)
+    assert loader["optional"]["weight_dtype"][0] == list(choices.WEIGHT_DTYPES)
+    assert loader["optional"]["text_encoder_device"][0] == list(choices.TEXT_ENCODER_DEVICES)
 
 
 def test_every_method_has_a_sampler_and_validation_takes_exactly_the_table():

@@ -115,17 +115,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mdl.add_argument("--dtype", choices=tuple(choices.DTYPES), default="auto",
                      help="transformer precision (default: auto = bf16 on GPU, fp32 on CPU)")
     mdl.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    mdl.add_argument("--offload", choices=("none", "model", "sequential"), default="model",
+    mdl.add_argument("--offload", choices=tuple(choices.OFFLOAD), default="model",
                      help="what stays on the GPU: model (default) = each part (text encoder, transformer, VAE) only "
                           "while it runs; none = everything all the time (fastest when it fits); sequential = also "
                           "the transformer's blocks one at a time (smallest cards, slowest)")
-    mdl.add_argument("--text-encoder-device", choices=("auto", "cpu", "device"), default="auto",
+    mdl.add_argument("--text-encoder-device", choices=tuple(choices.TEXT_ENCODER_DEVICES), default="auto",
                      help="where UMT5 runs (once per new caption): device, cpu (keeps its ~11 GB off the GPU), or "
                           "auto (default: the device when it fits its free memory, else the cpu)")
-    mdl.add_argument("--weight-dtype", choices=("default", "fp8_e4m3fn"), default="default",
+    mdl.add_argument("--weight-dtype", choices=tuple(choices.WEIGHT_DTYPES), default="default",
                      help="storage of the transformer's block weights: default (= --dtype) or fp8_e4m3fn (half the "
                           "memory of bf16, computed in --dtype; weights rounded to fp8)")
-    mdl.add_argument("--vae-dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+    mdl.add_argument("--vae-dtype", choices=tuple(choices.VAE_DTYPES), default="fp32",
                      help="VAE precision (default: fp32, as diffusers' Wan examples; bf16 halves decoding memory)")
     mdl.add_argument("--vram-gb", type=float, default=None, metavar="N",
                      help="with --dry-run: plan for a GPU of N GiB instead of the free memory of this machine's device")
