@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 from .errors import ConfigError, FrameCapError
+from .grid import num_latents_for_frames
 
 __all__ = [
     "MAX_CAPTION_CHARS",
@@ -35,7 +36,7 @@ __all__ = [
 
 # Video length: 10 minutes at 16 fps (2401 latents, 120x Wan's training length).
 MAX_NUM_FRAMES = 9601
-MAX_NUM_LATENTS = (MAX_NUM_FRAMES - 1) // 4 + 1
+MAX_NUM_LATENTS = num_latents_for_frames(MAX_NUM_FRAMES)
 MAX_SECONDS_AT_16_FPS = (MAX_NUM_FRAMES - 1) / 16
 MAX_FPS = 120
 # Width and height in pixels (Wan2.1 works at 832x480 or 1280x720).

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 
 from .errors import ConfigError
+from .grid import TEXT_LEN
+from .model_settings import read_model_settings
 from .models.state_dicts import cast_like_loader
 from .placement import OFFLOAD_MODES, check_choice, store_linear_weights, weight_storage
 
@@ -163,7 +165,7 @@ def module_bytes(module: torch.nn.Module) -> int:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def meta_transformer(config: dict, *, dtype: torch.dtype, weight_dtype: str = "default", text_len: int = 512,
+def meta_transformer(config: dict, *, dtype: torch.dtype, weight_dtype: str = "default", text_len: int = TEXT_LEN,
                      num_layers: int | None = None):
     """A ``WanTransformer3DModel`` on the meta device as the loader builds it (frame-level attention installed)."""
     from diffusers import WanTransformer3DModel
@@ -281,7 +283,7 @@ def _window_activations_cached(config_json: str, dtype: torch.dtype, weight_dtyp
     return WindowActivations(fixed=peaks[0] - per_window, per_window=per_window)
 
 
-def window_activations(config: dict, *, dtype: torch.dtype, weight_dtype: str = "default", text_len: int = 512,
+def window_activations(config: dict, *, dtype: torch.dtype, weight_dtype: str = "default", text_len: int = TEXT_LEN,
                        num_frames: int, latent_hw: tuple[int, int], guided: bool = True,
                        per_token: bool = False) -> WindowActivations:
     """The per-window activation model of a transformer ``config`` for windows of ``num_frames`` latents of
@@ -354,7 +356,7 @@ class ModelArchitecture:
     transformer_config: dict
     text_encoder_config: dict | None
     vae_config: dict
-    text_len: int = 512
+    text_len: int = TEXT_LEN
     dtype: torch.dtype = torch.bfloat16
     text_encoder_dtype: torch.dtype | None = None
     vae_dtype: torch.dtype = torch.float32
@@ -373,8 +375,8 @@ class ModelArchitecture:
         if transformer is None or vae is None:
             raise ConfigError(f"{root} has no transformer/config.json or vae/config.json; pass a diffusers-style "
                               f"Wan folder (or the shipped configs, framecap_core/configs/wan2.1_t2v_1.3b).")
-        if (root / "framecap.json").is_file() and "text_len" not in kwargs:
-            kwargs["text_len"] = int(json.loads((root / "framecap.json").read_text()).get("text_len", 512))
+        if "text_len" not in kwargs:
+            kwargs["text_len"] = read_model_settings(root).text_len or TEXT_LEN
         return cls(transformer_config=transformer, text_encoder_config=read("text_encoder"), vae_config=vae, **kwargs)
 
     @classmethod

@@ -62,7 +62,7 @@ CASES = {
     "flat_euler": (23, dict(window=7, stride=4)),  # 5 windows: 2+2+1 on 3 processes, 3+2 on 2
     "pyramid_unipc_batch1": (23, dict(window=7, stride=4, fusion="pyramid", solver="unipc", window_batch_size=1)),
     "overlap_linear_df": (23, dict(window=7, stride=3, fusion="overlap-linear", window_batch_size=2,
-                                   df=dict(step_size=2, causal_block_size=2))),
+                                   df=dict(df_step=2, causal_block_size=2))),
     "fewer_windows_than_processes": (9, dict(window=7, stride=4)),  # 2 windows: 1+1+0 on 3 processes
 }
 
