@@ -61,14 +61,31 @@ def _returns_alias(func) -> bool:
 
 def _conv3d_columns(func, args, out) -> int:
     """Bytes of the column buffer the CPU's 3-D convolution unfolds its input into (``C_in * kernel volume`` rows,
-    one column per output position), freed when the convolution returns; 0 for pointwise kernels."""
+    one column per output position), freed when the convolution returns; 0 for pointwise kernels and for the
+    convolutions PyTorch hands to oneDNN, which needs no such buffer (it picks oneDNN for larger inputs:
+    ``N * C_in * T * H`` over about 20k, so a real-size VAE's wide layers have none while small ones do)."""
     if func is not torch.ops.aten.convolution.default or args[0].ndim != 5:
         return 0
     weight = args[1]
     kernel = weight.shape[2] * weight.shape[3] * weight.shape[4]
-    if kernel == 1:
+    if kernel == 1 or _cpu_conv_backend(func, args) != "Slow3d":
         return 0
     return weight.shape[1] * kernel * out.shape[2] * out.shape[3] * out.shape[4] * out.element_size()
+
+
+def _cpu_conv_backend(func, args) -> str:
+    """The kernel PyTorch's CPU convolution picks for these arguments ("Slow3d", "Mkldnn", ...), asked with
+    zero-stride stand-ins of the shapes (no memory); "Slow3d" if this PyTorch cannot be asked."""
+    names = [a.name for a in func._schema.arguments]
+    call = dict(zip(names, args))
+    stand_in = {k: torch.zeros((), dtype=call[k].dtype).expand(call[k].shape) for k in ("input", "weight")}
+    try:
+        backend = torch._C._select_conv_backend(
+            stand_in["input"], stand_in["weight"], None, list(call["stride"]), list(call["padding"]),
+            list(call["dilation"]), bool(call["transposed"]), list(call["output_padding"]), int(call["groups"]), None)
+    except (AttributeError, RuntimeError, TypeError):
+        return "Slow3d"
+    return str(backend).rsplit(".", 1)[-1]
 
 
 class _AllocationTracer:

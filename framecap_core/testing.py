@@ -278,7 +278,14 @@ def make_random_part(part: str, config: dict, *, dtype: torch.dtype = torch.floa
         elif part == "text_encoder":
             from transformers import UMT5Config, UMT5EncoderModel
 
-            model = UMT5EncoderModel(UMT5Config(**config))
+            # Built on the meta device, then given memory once: constructing it directly allocates the embedding
+            # twice (the stack's own, then the tied ``shared``) - a transient 3.9 GiB at UMT5-XXL width in fp32
+            # that no loader has.
+            with torch.device("meta"):
+                model = UMT5EncoderModel(UMT5Config(**config))
+            model = model.to_empty(device=device)
+            model.tie_weights()  # to_empty gives each name its own (untouched) storage; one embedding again
+            model.init_weights()
             keep = UMT5EncoderModel._keep_in_fp32_modules if dtype == torch.float16 else None
         elif part == "vae":
             from diffusers import AutoencoderKLWan

@@ -63,7 +63,8 @@ def start_comfyui(comfy: Path, python: str, work: Path) -> tuple[subprocess.Pope
 
 APP = "(window.app ?? window.comfyAPI.app.app)"
 # The app object exists before the node definitions arrive; a workflow loaded earlier shows "missing nodes".
-READY = "(window.LiteGraph ?? window.comfyAPI?.litegraph?.LiteGraph)?.registered_node_types?.FrameCapSaveVideo"
+# (a boolean: Playwright calls a function-valued answer, and a node type is a class)
+READY = "!!(window.LiteGraph ?? window.comfyAPI?.litegraph?.LiteGraph)?.registered_node_types?.FrameCapSaveVideo"
 
 INSPECT = """async (wf) => {
   const app = __APP__;

@@ -230,3 +230,16 @@ def test_gpu_check_smoke_mode_runs_on_the_cpu(tmp_path):
     assert report["cross_attention_window_forward"]["ratio"] > 0
     assert report["decoding"]["frames"] == 9  # 3 latents in smoke mode
     assert "denoising" in report["memory_plan"]
+
+
+def test_a_random_text_encoder_holds_one_embedding_and_real_values():
+    """make_random_part builds UMT5 on the meta device and gives it memory once: still tied, randomly initialized."""
+    from framecap_core.testing import make_random_part, tiny_text_encoder_config
+
+    encoder = make_random_part("text_encoder", tiny_text_encoder_config(), dtype=torch.float32)
+    assert encoder.shared.weight is encoder.encoder.embed_tokens.weight
+    weights = list(encoder.parameters())
+    assert all(bool(torch.isfinite(p).all()) for p in weights)
+    assert all(float(p.abs().sum()) > 0 for p in weights)
+    again = make_random_part("text_encoder", tiny_text_encoder_config(), dtype=torch.float32)
+    assert torch.equal(encoder.shared.weight, again.shared.weight)  # seeded
