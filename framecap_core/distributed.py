@@ -3,14 +3,18 @@
 PMWD's windows are independent within a step (paper 4.4), so a step's windows can be evaluated on different GPUs.
 Every process of a process group holds the whole video ``x_t``; at each step:
 
-1. the step's windows are split into contiguous, balanced shares (:func:`shard`: 11 windows on 2 processes -> 6
-   and 5), and each process evaluates its share in ``window_batch_size`` chunks;
+1. the step's windows are cut into the chunks of ``window_batch_size`` windows that one process would evaluate in
+   one denoiser call each (:func:`~framecap_core.windows.window_chunks`), and the chunks are split into
+   contiguous, balanced shares of whole chunks (:func:`shard`: 11 chunks on 2 processes -> 6 and 5);
 2. ONE collective (:class:`WindowExchange`) hands every process all the step's window predictions, in window order,
    together with a status flag per process;
 3. every process fuses them exactly as one process would (same windows, same order, same weights) and takes the
-   same solver step, so all processes hold the same latents — bit for bit the latents of a one-process run whenever
-   the denoiser gives each window the same prediction in a smaller batch (per window it does not depend on the
-   other rows of the batch).
+   same solver step, so all processes hold the same latents — bit for bit the latents of a one-process run with the
+   same ``window_batch_size``, for any number of processes: every window is predicted in the same call (a
+   transformer's rounding depends on which windows share a call) and every sum is taken in the same order.
+
+Processes share whole chunks, so a step needs at least as many chunks as processes to keep them all busy: with
+``window_batch_size`` >= the number of windows (all windows in one call) one process evaluates them all.
 
 Why gather predictions rather than all-reduce partial sums: an all-reduce adds partial sums in an order set by the
 collective's algorithm, which differs from the one-process sum by rounding (~1e-7 relative) and between NCCL
@@ -46,8 +50,10 @@ __all__ = [
     "check_same_run",
     "group_rank_and_size",
     "init_from_environment",
+    "agree_on_min",
     "shard",
     "shard_sizes",
+    "window_shares",
 ]
 
 MESSAGE_BYTES = 2048  # room for one process's error message in a failure report
@@ -108,6 +114,16 @@ def shard(items: Sequence, rank: int, world: int) -> list:
     return list(items[start:start + sizes[rank]])
 
 
+def window_shares(windows: Sequence[int], batch: int, world: int) -> list[list[list[int]]]:
+    """The chunks of ``windows`` (:func:`~framecap_core.windows.window_chunks`) each of ``world`` processes
+    evaluates: contiguous, balanced shares of whole chunks. ``window_shares(range(5), 2, 2) == [[[0, 1], [2, 3]],
+    [[4]]]``; concatenating every share's chunks in process order gives ``windows`` back."""
+    from .windows import window_chunks
+
+    chunks = window_chunks(windows, batch)
+    return [shard(chunks, r, world) for r in range(world)]
+
+
 def _collective(what: str, fn, *args, **kwargs):
     """Run a collective; a dead, hung or disconnected peer becomes a DistributedError naming ``what``."""
     try:
@@ -165,16 +181,19 @@ class WindowExchange:
         self.device = torch.device(device)
         self.comm = comm_device(group)
 
-    def exchange(self, num_windows: int, mine: torch.Tensor | None, failure: BaseException | None,
+    def exchange(self, sizes: Sequence[int], mine: torch.Tensor | None, failure: BaseException | None,
                  where: str) -> torch.Tensor:
-        """All ``num_windows`` predictions ``[num_windows, C, N, H, W]`` float32 of a step.
+        """All predictions ``[sum(sizes), C, N, H, W]`` float32 of a step, process 0's first.
 
-        ``mine``: this process's predictions ``[k, C, N, H, W]`` (``k`` = its :func:`shard` size), or None with
-        ``failure`` set when it failed. If any process failed, every process raises: the failed one its own
+        ``sizes``: how many windows each process evaluated this step (the same list on every process).
+        ``mine``: this process's predictions ``[sizes[rank], C, N, H, W]``, or None with ``failure`` set when it
+        failed (or when it has no window). If any process failed, every process raises: the failed one its own
         exception, the others a :class:`DistributedError` naming it.
         """
         dist = _dist()
-        sizes = shard_sizes(num_windows, self.world)
+        sizes = [int(k) for k in sizes]
+        if len(sizes) != self.world:
+            raise DistributedError(f"{len(sizes)} window counts for {self.world} processes at {where}.")
         slots = max(sizes)
         buffer = torch.zeros(1 + slots * self.window_numel, dtype=torch.float32, device=self.comm)
         if failure is not None:
@@ -233,6 +252,18 @@ def check_same_run(group, parts: Sequence, what: str) -> None:
             f"the {world} processes disagree about {what} (process {differ[0]} has different noise, schedule or "
             f"windows than process 0); start every process with the same arguments and seed."
         )
+
+
+def agree_on_min(group, value: int) -> int:
+    """The smallest of the processes' ``value`` on every process (e.g. the window batch that fits every device's
+    free memory, so that all processes cut the steps into the same chunks)."""
+    dist = _dist()
+    _, world = group_rank_and_size(group)
+    if world == 1:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=comm_device(group))
+    _collective("agreeing on the window batch", dist.all_reduce, t, op=dist.ReduceOp.MIN, group=group)
+    return int(t.item())
 
 
 def broadcast_tensors(group, tensors: Sequence[torch.Tensor] | None, *, max_tensors: int = 8,

@@ -298,14 +298,23 @@ class GenerationPlan:
         return self.total_forwards / self.num_latents
 
     def process_share(self) -> str:
-        """How the processes share a full step's windows, e.g. "2 processes, 6 and 5 windows per step"."""
-        from .distributed import shard_sizes
+        """How the processes share a full step's windows, by whole transformer calls of the settings'
+        ``window_batch_size`` windows, e.g. "2 processes, 6 and 5 windows per step (1 per call)"."""
+        from .distributed import window_shares
 
-        sizes = shard_sizes(self.forwards_per_step, self.num_processes)
+        k, world = self.forwards_per_step, self.num_processes
+        batch = self.settings.window_batch_size if self.settings is not None else "auto"
+        if batch == "auto":
+            return (f"{world} processes share each step's {k} windows by whole transformer calls of "
+                    f"--window-batch-size auto (as many as fit one device; when all {k} fit, one process evaluates "
+                    f"them all, so use --window-batch-size {-(-k // world)} or less to keep every process busy)")
+        batch = batch or k
+        sizes = [sum(map(len, share)) for share in window_shares(range(k), batch, world)]
+        per_call = f"{batch} per call" if batch < k else "all in one call"
         if len(set(sizes)) == 1:
-            return f"{self.num_processes} processes, {sizes[0]} window{'s' * (sizes[0] != 1)} each per step"
-        counts = ", ".join(str(k) for k in sizes[:-1]) + f" and {sizes[-1]}"
-        return f"{self.num_processes} processes, {counts} windows per step"
+            return f"{world} processes, {sizes[0]} window{'s' * (sizes[0] != 1)} each per step ({per_call})"
+        counts = ", ".join(str(n) for n in sizes[:-1]) + f" and {sizes[-1]}"
+        return f"{world} processes, {counts} windows per step ({per_call})"
 
     def headline(self) -> str:
         """Three lines: method and size, window geometry, cost (what the CLI prints before a run)."""
@@ -530,7 +539,7 @@ def generate(
     import torch
 
     from .backend import WanDenoiser, decode_latents
-    from .distributed import broadcast_tensors, group_rank_and_size
+    from .distributed import agree_on_min, broadcast_tensors, group_rank_and_size
     from .placement import running
     from .sampling import run_sampler
 
@@ -596,6 +605,8 @@ def generate(
         if own_denoiser:
             denoiser = WanDenoiser(transformer, embeds[0], embeds[1], embeds[2], guidance_scale=float(settings.guidance))
         batch = resolve_window_batch_size(model, plan, settings) if own_denoiser else settings.fixed_window_batch_size
+        if world > 1 and batch is not None:  # "auto" fits each device: the processes take the smallest
+            batch = agree_on_min(process_group, batch)
         sampler = dataclasses.replace(plan.sampler, window_batch_size=batch)
         latents = run_sampler(sampler, denoiser, noise, callback=on_event, process_group=process_group)
     timings["denoise"] = time.perf_counter() - t0

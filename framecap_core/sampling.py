@@ -38,7 +38,7 @@ from framecap_core.schedule import (
     df_step_indices,
     flow_sigmas,
 )
-from framecap_core.windows import FUSION_KINDS, WindowFuser, fusion_weights, plan_windows
+from framecap_core.windows import FUSION_KINDS, WindowFuser, fusion_weights, plan_windows, window_chunks
 
 SOLVERS = tuple(name for name in SOLVER_CHOICES if name != "auto")  # the concrete solvers ("auto" picks one)
 METHODS = tuple(METHOD_CHOICES)
@@ -377,16 +377,18 @@ def pmwd(
 
     x = noise.clone()
     for m, active, sigma, sigma_next, t, top in _pmwd_steps(plan, matrix, solv, noise.device):
-        fuser = None
-        for c0 in range(0, len(active), batch):
-            chunk = [starts[k] for k in active[c0:c0 + batch]]
+        fuser, done = None, 0
+        for indices in window_chunks(active, batch):
+            chunk = [starts[k] for k in indices]
             v = _window_predictions(denoiser, x, t, chunk, n, progress)
             fuser = fuser or WindowFuser(num_latents, v)
             fuser.add(v, chunk, weights)
-            progress.windows_done(len(chunk), min(c0 + batch, len(active)), len(active), top)
+            done += len(chunk)
+            progress.windows_done(len(chunk), done, len(active), top)
         x = solv.step(x, fuser.result(), m, sigma, sigma_next)
         progress.step_done(len(active), top)
     return x
+
 
 
 def _pmwd_steps(plan: list[list[int]], matrix: torch.Tensor, solv: Solver, device):
@@ -408,38 +410,43 @@ def _window_predictions(denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor, ch
 def _pmwd_sharded(denoiser, noise, matrix, starts, n, weights, batch, solv, plan, progress, fusion, group):
     """``pmwd`` with each step's windows shared by the processes of ``group`` (see :mod:`.distributed`).
 
-    Each process evaluates its contiguous share of the active windows, one collective gathers every prediction in
-    window order, and every process fuses them exactly like the one-process loop and takes the same step. An
-    exception here (including from ``callback``) is reported through the next collective, so the other processes
-    stop at the same step instead of waiting for a peer that left.
+    The step's windows are cut into the chunks one process would evaluate (:func:`~.windows.window_chunks`); each process
+    evaluates a contiguous share of whole chunks, one collective gathers every prediction in window order, and every
+    process fuses them exactly like the one-process loop and takes the same step. Every window is thus computed in
+    the same call as in one process and every sum is taken in the same order: the latents are those of one process,
+    bit for bit, whatever the number of processes. An exception here (including from ``callback``) is reported
+    through the next collective, so the other processes stop at the same step instead of waiting for a peer that
+    left.
     """
-    from .distributed import WindowExchange, check_same_run, group_rank_and_size, shard
+    from .distributed import WindowExchange, check_same_run, group_rank_and_size, window_shares
 
     rank, world = group_rank_and_size(group)
     num_latents = noise.shape[1]
-    check_same_run(group, [noise, matrix, starts, n, fusion, solv.name], "the PMWD run")
+    check_same_run(group, [noise, matrix, starts, n, fusion, solv.name, batch], "the PMWD run")
     exchange = WindowExchange(group, (noise.shape[0], n, *noise.shape[2:]), noise.device)
     last = max((m for m, active in enumerate(plan) if active), default=-1)
     pending: Exception | None = None  # a callback's failure after the previous collective
     x = noise.clone()
     for m, active, sigma, sigma_next, t, top in _pmwd_steps(plan, matrix, solv, noise.device):
-        mine = shard(active, rank, world)
+        shares = window_shares(active, batch, world)
+        sizes = [sum(map(len, share)) for share in shares]
         failure, predictions = pending, None
         if failure is None:
             try:
-                parts = []
-                for c0 in range(0, len(mine), batch):
-                    chunk = [starts[k] for k in mine[c0:c0 + batch]]
+                parts, done = [], 0
+                for indices in shares[rank]:
+                    chunk = [starts[k] for k in indices]
                     parts.append(_window_predictions(denoiser, x, t, chunk, n, progress).float())
-                    progress.windows_done(len(chunk), min(c0 + batch, len(mine)), len(mine), top)
+                    done += len(chunk)
+                    progress.windows_done(len(chunk), done, sizes[rank], top)
                 predictions = torch.cat(parts) if parts else None
             except Exception as exc:  # reported to every process by the exchange, then re-raised here
                 failure = exc
-        v = exchange.exchange(len(active), predictions, failure, progress.where())
+        v = exchange.exchange(sizes, predictions, failure, progress.where())
         fuser = WindowFuser(num_latents, v)
         fuser.add(v, [starts[k] for k in active], weights)
         x = solv.step(x, fuser.result(), m, sigma, sigma_next)
-        progress.forwards += len(active) - len(mine)
+        progress.forwards += len(active) - sizes[rank]
         if m == last:
             progress.step_done(len(active), top)
             continue

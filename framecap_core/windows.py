@@ -51,6 +51,18 @@ def plan_windows(num_latents: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+def window_chunks(windows, batch: int) -> list[list[int]]:
+    """The denoiser calls of a PMWD step: ``windows`` (the step's windows, in order) cut into consecutive chunks of
+    ``batch``, the last one shorter: ``window_chunks(range(5), 2) == [[0, 1], [2, 3], [4]]``.
+
+    A pure function of the windows and the batch size, shared by one process and by every process count of a
+    sharded run (processes take whole chunks, :mod:`framecap_core.distributed`): a transformer's rounding depends on
+    which windows share a call, so the same chunks are what make N processes compute the bits of one.
+    """
+    windows = list(windows)
+    return [windows[c0:c0 + batch] for c0 in range(0, len(windows), batch)]
+
+
 def window_overlaps(starts: list[int], window: int) -> list[int]:
     """Number of latents each window shares with the previous one (0 for the first)."""
     return [0] + [max(0, prev + window - cur) for prev, cur in zip(starts[:-1], starts[1:])]
