@@ -1,5 +1,7 @@
 """Data-parallel fine-tuning really run with two processes: ``accelerate launch --multi_gpu --num_processes 2
-training/finetune.py`` on the CPU (gloo), against one process drawing the same global batch.
+training/finetune.py`` on the CPU (gloo), against one process drawing the same global batch. (``accelerate launch
+--cpu --num_processes 2`` starts one process — accelerate's CPU launcher needs MPI for more — which refuses to train
+alone.)
 
 What two processes must give: one set of checkpoints and one log (main process only); the samples of each step
 split between the processes without overlap, an epoch covering every clip once; the losses of a one-process run
@@ -115,3 +117,32 @@ def test_resume_from_a_two_process_checkpoint_is_exact(runs):
     resumed = load_file(str(root / "resumed" / "checkpoints" / "step-00000003" / "model.safetensors"))
     assert final.keys() == resumed.keys()
     assert all((final[k] == resumed[k]).all() for k in final)
+
+
+def test_accelerate_cpu_launcher_starting_one_process_for_two_refuses_and_names_the_commands_that_work(tmp_path):
+    """``accelerate launch --num_processes 2 --cpu`` starts ONE process (accelerate's CPU launcher needs MPI for
+    more); that process must not train alone on another global batch but say which commands start two."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           str(FINETUNE), "--config", str(REPO / "training" / "configs" / "toy.json")]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert done.stderr.count("error: accelerate launch --cpu started only this one process") == 1
+    assert "accelerate launch --multi_gpu --num_processes N training/finetune.py" in done.stderr
+    assert "torchrun --nproc_per_node N training/finetune.py" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # refused before reading data or writing anything
+
+
+def test_the_launcher_check_reads_only_what_accelerate_sets():
+    from framecap_core.errors import ConfigError
+    from framecap_core.training import check_all_processes_started
+
+    alone = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    with pytest.raises(ConfigError, match="started only this one process"):
+        check_all_processes_started(alone)
+    check_all_processes_started({"ACCELERATE_USE_CPU": "True"})  # --cpu, one process asked for
+    check_all_processes_started({**alone, "WORLD_SIZE": "2", "RANK": "0"})  # --multi_gpu / torchrun
+    check_all_processes_started({**alone, "OMPI_COMM_WORLD_SIZE": "2"})  # --cpu with --mpirun_hostfile
+    check_all_processes_started({"MASTER_ADDR": "127.0.0.1"})  # not accelerate's CPU launcher

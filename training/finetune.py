@@ -12,9 +12,11 @@ Several GPUs (one process each, data parallel)::
     accelerate launch --config_file training/configs/accelerate_multi_gpu.yaml \\
         training/finetune.py --config training/configs/wan_1.3b_df.json
 
-Several CPU processes (gloo; accelerate's ``--cpu`` launcher starts only one process)::
+Several CPU processes (gloo; accelerate's ``--cpu`` launcher starts several only through MPI, so
+``accelerate launch --cpu --num_processes 2`` starts one, which refuses to train alone)::
 
     accelerate launch --multi_gpu --num_processes 2 training/finetune.py --config training/configs/toy.json
+    torchrun --nproc_per_node 2 training/finetune.py --config training/configs/toy.json
 
 Override any setting: ``--set learning_rate=2e-5 --set lora_rank=32``, ``--resume latest``, ``--max-steps 10``.
 """
@@ -28,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 from framecap_core.errors import FrameCapError  # noqa: E402
-from framecap_core.training import TrainConfig, train  # noqa: E402
+from framecap_core.training import TrainConfig, check_all_processes_started, train  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -110,7 +112,8 @@ def main(argv=None) -> int:
             print(f"exported: {export_checkpoint(args.export_from, target, format=args.export_format)}")
             return 0
 
-        # 1. settings: the config file, then the command-line overrides
+        # 1. settings: the config file, then the command-line overrides (first: every process was started)
+        check_all_processes_started()
         config = TrainConfig.from_file(args.config, overrides)
 
         # 2. the latent cache: built once from the manifest (VAE + text encoder), then training never runs them

@@ -30,7 +30,7 @@ from .checkpoint import (
 )
 from .config import LORA_TARGETS, TrainConfig, apply_overrides
 from .export import export_checkpoint, export_transformer
-from .loop import TrainResult, train
+from .loop import TrainResult, check_all_processes_started, train
 from .loss import df_flow_matching_loss, frame_timesteps
 from .model import load_base_transformer, prepare_transformer, trainable_parameters
 from .optim import lr_at_step, make_optimizer, set_learning_rate
@@ -41,6 +41,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "apply_overrides",
+    "check_all_processes_started",
     "clip_for_sample",
     "df_flow_matching_loss",
     "draw_batch",

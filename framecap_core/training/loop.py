@@ -125,6 +125,33 @@ def train(
 # ---------------------------------------------------------------------------------------------------------- setup
 
 
+MPI_WORLD_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE")
+
+
+def check_all_processes_started(environ=None) -> None:
+    """Refuse a run that ``accelerate launch --cpu --num_processes N`` (N > 1) started alone.
+
+    accelerate's ``--cpu`` launcher starts several processes only through MPI (``--mpirun_hostfile``); otherwise
+    it starts ONE, with the rendezvous address it sets for several (``MASTER_ADDR``) but no ``WORLD_SIZE``, and that
+    process would train alone on a different global batch. Raises :class:`ConfigError` naming the commands that
+    start several CPU processes.
+    """
+    import os
+
+    env = os.environ if environ is None else environ
+    cpu_launcher = env.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1", "yes")
+    started_alone = "MASTER_ADDR" in env and "WORLD_SIZE" not in env and not any(
+        v in env for v in MPI_WORLD_SIZE_VARIABLES)
+    if cpu_launcher and started_alone:
+        raise ConfigError(
+            "accelerate launch --cpu started only this one process: accelerate's CPU launcher starts several only "
+            "through MPI (--mpirun_hostfile), so --num_processes N would train alone here. For N CPU processes "
+            "(gloo) run accelerate launch --multi_gpu --num_processes N training/finetune.py ... (FrameCap forms a "
+            "gloo group when there is no GPU) or torchrun --nproc_per_node N training/finetune.py ...; for one "
+            "process drop --num_processes (or unset MASTER_ADDR)."
+        )
+
+
 def _make_accelerator(config: TrainConfig, output_dir: Path):
     """The accelerator; several processes (``accelerate launch --multi_gpu``, ``torchrun``) train data parallel —
     NCCL on GPUs, gloo on CPUs (accelerate only forms a CPU group when told it runs on the CPU)."""
@@ -132,6 +159,7 @@ def _make_accelerator(config: TrainConfig, output_dir: Path):
 
     from accelerate import Accelerator
 
+    check_all_processes_started()
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=config.mixed_precision,
