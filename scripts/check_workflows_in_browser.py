@@ -143,7 +143,7 @@ def check(args) -> dict:
                 page.wait_for_timeout(3000)
                 page.keyboard.press("Escape")
                 page.evaluate(f"() => {{ const app = {APP}; const n = app.graph._nodes.find(n => n.type === "
-                              "'FrameCapSaveVideo'); app.canvas.centerOnNode(n); app.canvas.setDirty(true, true); }}")
+                              "'FrameCapSaveVideo'); app.canvas.centerOnNode(n); app.canvas.setDirty(true, true); }")
                 page.wait_for_timeout(2000)
                 page.screenshot(path=str(out / f"{args.run}_ran.png"))
                 report["run"] = {"workflow": args.run, "videos": page.evaluate(
