@@ -393,7 +393,8 @@ class ModelArchitecture:
             raise ConfigError(f"{root} has no transformer/config.json or vae/config.json; pass a diffusers-style "
                               f"Wan folder (or the shipped configs, framecap_core/configs/wan2.1_t2v_1.3b).")
         if "text_len" not in kwargs:
-            kwargs["text_len"] = read_model_settings(root).text_len or TEXT_LEN
+            text_len = read_model_settings(root).text_len
+            kwargs["text_len"] = TEXT_LEN if text_len is None else text_len
         return cls(transformer_config=transformer, text_encoder_config=read("text_encoder"), vae_config=vae, **kwargs)
 
     @classmethod

@@ -244,7 +244,8 @@ def load_caption_encoder(
 ) -> CaptionEncoder:
     """A :class:`CaptionEncoder` over the text encoder of ``source`` (a diffusers folder, ``"toy"`` or a UMT5
     single file), with ``text_len`` from the folder's ``framecap.json`` unless given."""
-    from .models import TOY_MODEL_DIR, load_text_encoder, read_framecap_json, resolve_dtype
+    from .model_settings import read_model_settings
+    from .models import TOY_MODEL_DIR, load_text_encoder, resolve_dtype
     from .models.files import _digest
     from .models.wan import _component_identity
 
@@ -253,7 +254,8 @@ def load_caption_encoder(
                                            device=device)
     folder = path if path.is_dir() else None
     if text_len is None:
-        text_len = int(read_framecap_json(folder).get("text_len", DEFAULT_TEXT_LEN))
+        text_len = read_model_settings(folder).text_len
+        text_len = DEFAULT_TEXT_LEN if text_len is None else text_len
     ident = _digest(_component_identity(folder, "text_encoder", None if folder else path), tokenizer_path,
                     resolve_dtype(dtype, device))
     return CaptionEncoder(encoder, tokenizer, text_len=text_len, encoder_id=ident)

@@ -13,6 +13,7 @@ import torch
 
 from ..errors import ConfigError, ModelLoadError
 from ..grid import PATCH_SIZE, TEMPORAL_STRIDE, VAE_SCALE
+from ..model_settings import ModelSettings
 from .checkpoint import apply_checkpoint
 from .components import load_text_encoder, load_transformer, load_vae
 from .devices import resolve_device, resolve_dtype
@@ -149,7 +150,8 @@ def load_wan(
         )
 
     settings = src.settings
-    tl = int(text_len if text_len is not None else settings.get("text_len", DEFAULT_TEXT_LEN))
+    tl = text_len if text_len is not None else ModelSettings(settings).text_len
+    tl = DEFAULT_TEXT_LEN if tl is None else int(tl)
     if tl < 1:
         raise ModelLoadError(f"text_len must be >= 1, got {tl}.")
     if frame_level:
