@@ -234,6 +234,29 @@ def frame_level_clone(model, text_len: int):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def most_windows_that_fit(memory_of_call, free_bytes: float, num_windows: int) -> int:
+    """The largest ``k <= num_windows`` whose call ``memory_of_call(k)`` (bytes) fits ``free_bytes``; at least 1.
+    ``memory_of_call`` grows with ``k``, so this bisects."""
+    low, high = 1, max(1, int(num_windows))
+    while low < high:
+        mid = (low + high + 1) // 2
+        if memory_of_call(mid) <= free_bytes:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def auto_native_window_batch(base_model, device, window_shape: tuple[int, ...], num_windows: int) -> int:
+    """``window_batch_size`` "auto" on the native path, with the model already loaded: the most windows per call
+    that ComfyUI's own estimate of a call (``memory_required`` of a ``[k, *window_shape]`` batch, with the 1.5 margin
+    its samplers give it when they batch cond and uncond) says fit the device's free memory."""
+    import comfy.model_management
+
+    free = comfy.model_management.get_free_memory(device)
+    return most_windows_that_fit(lambda k: 1.5 * base_model.memory_required((k, *window_shape)), free, num_windows)
+
+
 @contextmanager
 def native_sampling(patcher, noise_shape: tuple[int, ...]):
     """Load ``patcher`` for sampling as ComfyUI's own samplers do, and clean up afterwards.

@@ -150,7 +150,13 @@ class FrameCapNativeSampler:
                window_batch_size):
         from framecap_core.pipeline import GenerationSettings, generate, plan_generation
 
-        from .native_backend import NativeWanDenoiser, frame_level_clone, model_flow_shift, native_sampling
+        from .native_backend import (
+            NativeWanDenoiser,
+            auto_native_window_batch,
+            frame_level_clone,
+            model_flow_shift,
+            native_sampling,
+        )
 
         if not isinstance(conditioning, FrameLevelConditioning):
             raise ConfigError("conditioning must come from Frame-Level CLIP Text Encode (FRAMECAP_CONDITIONING).")
@@ -175,10 +181,16 @@ class FrameCapNativeSampler:
         base = clone.model
         channels = int(base.latent_format.latent_channels)
         h, w = plan.latent_size
-        rows = 1 if method in ("sliding", "fifo", "single") else (settings.window_batch_size or
-                                                                  len(plan.window_spans))
+        one_at_a_time = method in ("sliding", "fifo", "single")
+        auto = not one_at_a_time and not settings.window_batch_size  # 0 = "auto": decided once the model is loaded
+        rows = 1 if one_at_a_time or auto else settings.window_batch_size
+        window_shape = (channels, plan.window_latents, h, w)
         previewer = comfy_compat.latent_previewer(clone.load_device, base.latent_format)
-        with native_sampling(clone, (rows, channels, plan.window_latents, h, w)) as (loaded, model_options):
+        with native_sampling(clone, (rows, *window_shape)) as (loaded, model_options):
+            if auto:
+                batch = auto_native_window_batch(loaded, clone.load_device, window_shape, len(plan.window_spans))
+                settings = settings.replace(window_batch_size=batch)
+                plan = plan_generation(timeline, settings)
             denoiser = NativeWanDenoiser(loaded, model_options, ctx.unique_embeds, ctx.latent_indices,
                                          ctx.negative_embeds, guidance_scale=float(guidance))
             collector = PreviewCollector(denoiser, plan.num_latents) if previewer is not None else None

@@ -164,3 +164,21 @@ def test_c_real_size_native_equals_diffusers(tmp_path):
     result = _run_checks("real_size", tmp_path)["real_size"]
     assert result["params"] > 1.2e9
     assert result["max_abs_diff"] <= 1e-4 and result["per_frame_t_max_abs_diff"] <= 1e-4, result
+
+
+def test_auto_window_batch_is_the_most_windows_whose_call_fits():
+    """Native "auto" (window_batch_size 0): bisection over ComfyUI's memory estimate of a k-window call."""
+    import importlib
+
+    most_windows_that_fit = importlib.import_module(PACK.__name__ + ".nodes.native_backend").most_windows_that_fit
+    calls = []
+
+    def memory_of_call(k):  # 1 GB of fixed cost, 3 GB per window
+        calls.append(k)
+        return (1 + 3 * k) * 1e9
+
+    assert most_windows_that_fit(memory_of_call, 10e9, 9) == 3  # 3 windows: 10 GB; 4 would need 13
+    assert max(calls) < 9 and len(calls) <= 4  # bisected, not tried one by one
+    assert most_windows_that_fit(memory_of_call, 1e15, 9) == 9  # everything fits: all windows of a step
+    assert most_windows_that_fit(memory_of_call, 1e9, 9) == 1  # nothing fits: still one window at a time
+    assert most_windows_that_fit(memory_of_call, 28e9, 1) == 1
