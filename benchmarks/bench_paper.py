@@ -5,7 +5,11 @@ bundled one (``training/finetune.py``, Diffusion Forcing) but with one caption p
 and given the whole story at inference; "frame-level" is the bundled toy model with the story's timeline. Short
 videos are one training window (33 frames); long ones are 4x that (129 frames; ``--long-frames``), sampled with PMWD.
 
-Table 2 — PMWD against sequential sliding window and FIFO, long videos with frame-level prompts, bundled model.
+Table 2 — PMWD against sequential sliding window and FIFO, long videos with frame-level prompts, bundled model, at
+each of ``--long-frames`` (e.g. 129 257 513). The three samplers run on the same story with the same seed, so besides
+``mean ± std`` per sampler the script reports the *paired* differences (PMWD − FIFO, PMWD − sliding: the mean of
+the per-story differences with its 95% Student-t interval, ``framecap_core.metrics.paired_difference``); a ``*``
+marks an interval that excludes zero.
 
 Columns: Confusion Degree (eqs. 3-5, lower is better), video-level consistency (eq. 2), frame-level consistency, and
 a quality-drift proxy: how far the last quarter of the frames strays from the toy world's palette (mean RGB distance
@@ -14,7 +18,7 @@ shows up as off-palette pixels.
 
     python benchmarks/bench_paper.py --seeds 3                # Table 2 (needs only the bundled model)
     python benchmarks/bench_paper.py --seeds 3 --table1       # also trains the video-level baseline (as long as the toy build's training stage)
-    python benchmarks/bench_paper.py --seeds 10 --long-frames 257   # Table 2 on 8x-long videos
+    python benchmarks/bench_paper.py --seeds 10 --long-frames 129 257 513   # Table 2 at 4x, 8x and 16x, paired
     python benchmarks/bench_paper.py --json results.json
 """
 
@@ -33,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from framecap_core import toyworld as tw  # noqa: E402
-from framecap_core.metrics import evaluate_video, format_table  # noqa: E402
+from framecap_core.metrics import evaluate_video, format_paired_table, format_table  # noqa: E402
 from framecap_core.timeline import Scene, Timeline  # noqa: E402
 
 COLUMNS = (
@@ -43,6 +47,8 @@ COLUMNS = (
     ("drift", "Drift (off-palette, last quarter) ↓"),
 )
 SHORT, LONG = 33, 129
+SAMPLERS = (("fifo", "FIFO"), ("sliding", "Sequential sliding window"), ("pmwd", "PMWD"))
+PAIRS = (("PMWD − FIFO", "PMWD", "FIFO"), ("PMWD − sliding", "PMWD", "Sequential sliding window"))
 
 
 def off_palette(frames: np.ndarray) -> float:
@@ -58,6 +64,11 @@ def drift(frames: np.ndarray) -> float:
 
 def story_for(seed: int, frames: int, scenes: tuple[int, int]) -> tw.ToyStory:
     return tw.random_story(10_000 + seed, num_frames=frames, num_scenes=scenes, min_scene_frames=12)
+
+
+def scenes_for(frames: int) -> tuple[int, int]:
+    """Scene count range of a long story: 4-6 scenes per 129 frames (about one per 2 s at 16 fps)."""
+    return (4, 6) if frames <= LONG else (4 * frames // LONG, 6 * frames // LONG)
 
 
 def score(frames: np.ndarray, story: tw.ToyStory) -> dict[str, float]:
@@ -138,34 +149,42 @@ def main(argv=None) -> int:
     parser.add_argument("--clips", type=int, help="baseline training clips (default: the bundled model's)")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench_paper"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--long-frames", type=int, default=LONG,
-                        help="frames of the long videos (4k+1; default 129, 4x the training window)")
+    parser.add_argument("--long-frames", type=int, nargs="+", default=[LONG],
+                        help="frames of the long videos (4k+1; default 129, 4x the training window); several values "
+                        "run Table 2 at each length (Table 1's long rows use the first)")
     parser.add_argument("--json", dest="json_out")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     from framecap_core.models import load_wan
 
-    results: dict[str, dict[str, list[dict[str, float]]]] = {"table1": {}, "table2": {}}
+    for frames in args.long_frames:
+        if frames < SHORT or (frames - 1) % 4:
+            parser.error(f"--long-frames must be 4k+1 and at least {SHORT}; got {frames}")
+    results: dict[str, dict] = {"table1": {}, "table2": {}}
     t0 = time.time()
     frame_model = load_wan("toy", device="cpu")
-    if args.long_frames < SHORT or (args.long_frames - 1) % 4:
-        parser.error(f"--long-frames must be 4k+1 and at least {SHORT}; got {args.long_frames}")
-    long_label = f"long ({(args.long_frames - 1) / (SHORT - 1):g}x)"
-    scenes = (4, 6) if args.long_frames <= LONG else (4 * args.long_frames // LONG, 6 * args.long_frames // LONG)
-    long_stories = [story_for(s, args.long_frames, scenes) for s in range(args.seeds)]
+    stories_by_length = {frames: [story_for(s, frames, scenes_for(frames)) for s in range(args.seeds)]
+                         for frames in args.long_frames}
 
-    # Table 2: samplers on long videos, frame-level prompts
-    for method, name in (("fifo", "FIFO"), ("sliding", "Sequential sliding window"), ("pmwd", "PMWD")):
-        rows = []
-        for seed, story in enumerate(long_stories):
-            rows.append(score(run_generation(frame_model, story.timeline(), method, seed), story))
-        results["table2"][name] = rows
-        print(f"[{time.time() - t0:.0f} s] table 2: {name} done", file=sys.stderr)
-    print(f"\nTable 2 (toy): samplers, long videos ({args.long_frames} frames), frame-level prompts\n")
-    print(table(list(results["table2"].items())))
+    # Table 2: samplers on long videos, frame-level prompts; the same story and seed for every sampler (paired)
+    for frames, stories in stories_by_length.items():
+        by_sampler = {}
+        for method, name in SAMPLERS:
+            by_sampler[name] = [score(run_generation(frame_model, story.timeline(), method, seed), story)
+                                for seed, story in enumerate(stories)]
+            print(f"[{time.time() - t0:.0f} s] table 2, {frames} frames: {name} done", file=sys.stderr)
+        results["table2"][str(frames)] = by_sampler
+        print(f"\nTable 2 (toy): samplers, long videos ({frames} frames), frame-level prompts\n")
+        print(table(list(by_sampler.items())))
+        if args.seeds >= 2:
+            print(f"\nPaired differences at {frames} frames (same story and seed), mean [95% interval]\n")
+            print(format_paired_table([(label, by_sampler[a], by_sampler[b]) for label, a, b in PAIRS],
+                                      columns=COLUMNS))
 
     if args.table1:
+        long_frames = args.long_frames[0]
+        long_label = f"long ({(long_frames - 1) / (SHORT - 1):g}x)"
         built = bundled_build()
         export = train_video_level(Path(args.work), args.train_steps or built["train_steps"],
                                    args.clips or built["clips"], args.threads, built["seed"])
@@ -178,8 +197,8 @@ def main(argv=None) -> int:
         rows = {
             "DF + video-level prompt, short": runs(video_model, short_stories, True),
             "DF + frame-level prompt, short": runs(frame_model, short_stories, False),
-            f"DF + video-level prompt, {long_label}": runs(video_model, long_stories, True),
-            f"DF + frame-level prompt, {long_label}": results["table2"]["PMWD"],
+            f"DF + video-level prompt, {long_label}": runs(video_model, stories_by_length[long_frames], True),
+            f"DF + frame-level prompt, {long_label}": results["table2"][str(long_frames)]["PMWD"],
         }
         results["table1"] = rows
         print("\nTable 1 (toy): video-level vs frame-level prompting\n")

@@ -37,9 +37,12 @@ __all__ = [
     "cosine_similarity_matrix",
     "evaluate_video",
     "frame_text_consistency",
+    "format_paired_table",
     "format_table",
     "global_caption",
     "mean_std",
+    "paired_difference",
+    "PairedDifference",
     "sample_frame_indices",
     "video_text_similarity",
 ]
@@ -348,6 +351,61 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std())
 
 
+def t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile (``0.5 <= p < 1``) of Student's t distribution with ``df`` degrees of freedom.
+
+    Bisection on the CDF, itself the density integrated by Simpson's rule after the substitution ``x = tan(u)``
+    (which maps the infinite tail onto a finite interval): accurate to ~1e-9, no SciPy needed."""
+    from math import lgamma, pi
+
+    if not 0.5 <= p < 1.0 or df < 1:
+        raise ValueError(f"t_quantile needs 0.5 <= p < 1 and df >= 1; got p={p}, df={df}")
+    log_norm = lgamma((df + 1) / 2) - lgamma(df / 2) - 0.5 * np.log(df * pi)
+
+    def upper_tail(t: float) -> float:  # P(T > t), t >= 0
+        u = np.linspace(np.arctan(t), np.pi / 2, 2001)
+        x = np.tan(u[:-1])
+        density = np.exp(log_norm - (df + 1) / 2 * np.log1p(x * x / df)) * (1 + x * x)  # dx = (1 + x^2) du
+        # at u = pi/2 the integrand tends to 0, or for df = 1 (Cauchy) to the constant 1/pi
+        f = np.append(density, np.exp(log_norm) if df == 1 else 0.0)
+        h = u[1] - u[0]
+        return float(h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum()))
+
+    lo, hi = 0.0, 1.0
+    while upper_tail(hi) > 1 - p:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if upper_tail(mid) > 1 - p else (lo, mid)
+    return (lo + hi) / 2
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Mean of paired differences ``a_i - b_i`` with its two-sided confidence interval ``[low, high]`` (Student's t
+    over the ``n`` pairs)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> PairedDifference:
+    """``a`` and ``b`` measured on the same units (same story and seed, two methods): the mean difference ``a - b``
+    and its ``level`` confidence interval, ``mean ± t_{(1 + level) / 2, n - 1} * sd / sqrt(n)`` with the sample
+    standard deviation of the differences. Pairing removes what the units share (a hard story is hard for every
+    method), which unpaired ``mean ± std`` columns cannot."""
+    d = np.asarray(list(a), dtype=np.float64) - np.asarray(list(b), dtype=np.float64)
+    if d.size < 2:
+        raise ValueError(f"a paired interval needs at least 2 pairs; got {d.size}")
+    half = t_quantile((1 + level) / 2, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)
+    return PairedDifference(float(d.mean()), float(d.mean() - half), float(d.mean() + half), int(d.size))
+
+
 def format_table(rows: Sequence[tuple[str, Sequence[dict[str, float]]]], columns=TABLE_COLUMNS,
                  label: str = "Method") -> str:
     """A Markdown table: one row per ``(name, [score dicts])`` with ``mean ± std`` of each column over the dicts."""
@@ -359,4 +417,22 @@ def format_table(rows: Sequence[tuple[str, Sequence[dict[str, float]]]], columns
             m, s = mean_std([d[key] for d in scores if key in d])
             cells.append(f"{m:.4f} ± {s:.4f}")
         lines.append(f"| {name} | {len(scores)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_paired_table(rows: Sequence[tuple[str, Sequence[dict[str, float]], Sequence[dict[str, float]]]],
+                        columns=TABLE_COLUMNS, label: str = "Difference", level: float = 0.95) -> str:
+    """A Markdown table of paired differences: one row per ``(name, scores_a, scores_b)`` (the score dicts of two
+    methods on the same units, in the same order), each column ``mean [low, high]`` of ``a - b``
+    (:func:`paired_difference`); a ``*`` marks an interval that excludes zero."""
+    header = f"| {label} | pairs | " + " | ".join(title for _, title in columns) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + 2)]
+    for name, scores_a, scores_b in rows:
+        if len(scores_a) != len(scores_b):
+            raise ValueError(f"{name}: {len(scores_a)} and {len(scores_b)} scores cannot be paired")
+        cells = []
+        for key, _ in columns:
+            diff = paired_difference([d[key] for d in scores_a], [d[key] for d in scores_b], level)
+            cells.append(f"{diff.mean:+.4f} [{diff.low:+.4f}, {diff.high:+.4f}]{'*' if diff.excludes_zero() else ''}")
+        lines.append(f"| {name} | {len(scores_a)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -18,9 +18,12 @@ from framecap_core.metrics import (
     cosine_similarity,
     cosine_similarity_matrix,
     evaluate_video,
+    format_paired_table,
     frame_text_consistency,
     global_caption,
+    paired_difference,
     sample_frame_indices,
+    t_quantile,
     video_text_similarity,
 )
 from framecap_core.timeline import Scene, Timeline
@@ -229,3 +232,37 @@ def test_framecap_eval_errors(tmp_path, capsys):
     assert "No .mp4 videos" in capsys.readouterr().err
     assert main(["eval", str(tmp_path), "--embedder", "vbench"]) == 1
     assert "Unknown embedder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("p", "df", "expected"), [
+    (0.975, 1, 12.7062047), (0.975, 2, 4.3026527), (0.975, 3, 3.1824463), (0.975, 9, 2.2621572),
+    (0.975, 29, 2.0452296), (0.95, 4, 2.1318468), (0.5, 7, 0.0),
+])
+def test_t_quantile_matches_tables(p, df, expected):
+    assert t_quantile(p, df) == pytest.approx(expected, abs=1e-6)
+
+
+def test_paired_difference_by_hand():
+    # differences [1, 2, 2, 3]: mean 2, sample sd sqrt(2/3), se sqrt(2/3)/2; t(0.975, 3) = 3.1824463
+    diff = paired_difference([1, 2, 3, 4], [0, 0, 1, 1])
+    half = 3.1824463 * math.sqrt(2 / 3) / 2
+    assert (diff.mean, diff.n) == (2.0, 4)
+    assert (diff.low, diff.high) == (pytest.approx(2 - half, abs=1e-6), pytest.approx(2 + half, abs=1e-6))
+    assert diff.excludes_zero()
+    # a constant offset shared by both (the story's difficulty) cancels: only the differences count
+    assert paired_difference([11, 2, 23, 4], [10, 0, 21, 1]) == diff
+    assert not paired_difference([1, -1, 2, -2], [0, 0, 0, 0]).excludes_zero()
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        paired_difference([1.0], [0.0])
+
+
+def test_format_paired_table_marks_intervals_that_exclude_zero():
+    a = [{"cd": 1.0}, {"cd": 2.0}, {"cd": 3.0}, {"cd": 4.0}]
+    b = [{"cd": 0.0}, {"cd": 0.0}, {"cd": 1.0}, {"cd": 1.0}]
+    table = format_paired_table([("A − B", a, b), ("B − A", b, b)], columns=(("cd", "CD"),))
+    lines = table.splitlines()
+    assert lines[0] == "| Difference | pairs | CD |"
+    assert lines[2].startswith("| A − B | 4 | +2.0000 [+0.7008, +3.2992]*")
+    assert lines[3] == "| B − A | 4 | +0.0000 [+0.0000, +0.0000] |"
+    with pytest.raises(ValueError, match="cannot be paired"):
+        format_paired_table([("x", a, b[:3])], columns=(("cd", "CD"),))
