@@ -212,7 +212,7 @@ def progress_bar(total: int):
 def latent_previewer(device, latent_format=None, latent_channels: int = 16):
     """ComfyUI's previewer for the user's latent-preview setting (None outside ComfyUI, with previews off, or when
     no latent format fits). ``latent_format``: the MODEL's own; else Wan2.1's when the latents have its 16 channels
-    (the FrameCap loader's Wan2.1), else None (the toy model's 8-channel VAE has no RGB factors)."""
+    (the FrameCap loader's Wan2.1 and the toy model, whose latents are in Wan2.1's format), else None."""
     if _folder_paths is None:
         return None
     try:

@@ -140,10 +140,10 @@ class FrameCapPMWDSampler:
         if not isinstance(schedule, DiffusionForcingSchedule):
             raise ConfigError("schedule must come from the Diffusion Forcing Scheduler (FRAMECAP_SCHEDULE).")
         ctx, timeline = conditioning.context, conditioning.timeline
-        if int(ctx.unique_embeds.shape[-1]) != model.text_dim:
+        if int(ctx.unique_embeds.shape[-1]) != model.caption_dim:
             raise ConfigError(
                 f"The conditioning was encoded by a text encoder of width {int(ctx.unique_embeds.shape[-1])}, but "
-                f"this model expects {model.text_dim}; encode the timeline with the same model's text encoder."
+                f"this model expects {model.caption_dim}; encode the timeline with the same model's text encoder."
             )
         settings = GenerationSettings(
             method=method, window=int(window), overlap=int(overlap), fusion=fusion, df_step=schedule.df_step,

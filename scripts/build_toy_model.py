@@ -2,9 +2,9 @@
 
 The model has the shapes ComfyUI's native Wan2.1 loaders assume (head_dim 128, freq_dim 256, text_dim 4096, a VAE in
 Wan2.1's layout with 16 latent channels and Wan2.1's latent statistics), at toy width; see
-``framecap_core/comfy_files.py`` for the single files. The bundled model predates these shapes (this script's
-previous version: a random text encoder, 4 heads of 32, 8 latent channels, 256 clips, 3000 steps); the README says
-why it has not been replaced yet.
+``framecap_core/comfy_files.py`` for the single files. The bundled model's transformer starts from the previous toy
+model's (commit 37ce22f: a random text encoder, 4 heads of 32, 8 latent channels; ``--transformer-from``), so the
+rebuild needs that folder first (the README's toy section gives the commands).
 
 Stages (each a function below; ``--stage`` starts at one and reuses what is on disk, ``--until`` stops after one):
 
@@ -32,8 +32,9 @@ Stages (each a function below; ``--stage`` starts at one and reuses what is on d
 
 Usage::
 
-    python scripts/build_toy_model.py                      # everything, into framecap_core/toy_model
-    python scripts/build_toy_model.py --work runs/toy --stage train --train-steps 500
+    git archive 37ce22f framecap_core/toy_model | tar -x -C runs/previous_toy     # the previous toy model
+    python scripts/build_toy_model.py --transformer-from runs/previous_toy/framecap_core/toy_model
+    python scripts/build_toy_model.py --work runs/toy --stage train --train-steps 500   # a stage again, from disk
 """
 
 from __future__ import annotations
@@ -528,7 +529,8 @@ def make_transformer(seed: int = 0, **overrides):
 @torch.no_grad()
 def transformer_from_previous(folder: Path, encoder, tokenizer, seed: int = 0):
     """A start for the transformer from a previous toy model (``folder``: 4 heads of 32, freq_dim 64, text_dim 32,
-    8 latent channels, a random text encoder), so a rebuild need not learn to draw toy frames again. Mapped exactly:
+    8 latent channels, a random text encoder), so a rebuild need not learn to draw toy frames again; or from a model
+    in the current shapes and text encoder, which is then copied exactly (to continue its training). Mapped exactly:
     the timestep frequencies (the sinusoid of index i over 32 frequencies is index 4i over 128), the latent channels
     (:func:`widen_latent_channels` repeats each one: the input weights are halved over the copies, the output rows
     repeated) and everything of the same shape. Not exact: one head of 128 instead of four of 32 (same projections,
@@ -568,7 +570,7 @@ def transformer_from_previous(folder: Path, encoder, tokenizer, seed: int = 0):
     f_new = encode_captions(encoder, tokenizer, captions, text_len=TEXT_LEN)
     keep = f_new.abs().sum(-1) > 0
     w1, b1 = src["condition_embedder.text_embedder.linear_1.weight"], src["condition_embedder.text_embedder.linear_1.bias"]
-    target = f_old[keep] @ w1.T  # [tokens, dim]
+    target = f_old[keep] @ w1[:, : f_old.shape[-1]].T  # [tokens, dim]; narrow features read as zero-padded
     x = torch.cat([f_new[keep], torch.ones(int(keep.sum()), 1)], dim=1)
     solution = torch.linalg.lstsq(x, target).solution  # [d + 1, dim]
     w1_new = torch.zeros_like(out["condition_embedder.text_embedder.linear_1.weight"])
@@ -630,7 +632,9 @@ def main(argv=None) -> int:
     parser.add_argument("--clips", type=int, default=512)
     parser.add_argument("--vae-image-steps", type=int, default=3000)
     parser.add_argument("--vae-clip-steps", type=int, default=0)
-    parser.add_argument("--train-steps", type=int, default=300)
+    parser.add_argument("--train-steps", type=int, default=3000)
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate of the transformer's "
+                        "cosine schedule (lower when continuing a model with --transformer-from)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--transformer-from", help="a previous toy model folder to start the transformer from "
                         "(transformer_from_previous) instead of a random one")
@@ -706,7 +710,7 @@ def main(argv=None) -> int:
         t0 = time.time()
         if (work / "train").exists():
             shutil.rmtree(work / "train")
-        run_finetune(train_config(work, args.train_steps, args.seed), args.threads)
+        run_finetune(train_config(work, args.train_steps, args.seed, learning_rate=args.learning_rate), args.threads)
         log(f"transformer trained in {time.time() - t0:.0f} s")
 
     if last < STAGES.index("assemble"):
@@ -716,7 +720,7 @@ def main(argv=None) -> int:
     build = {"seed": args.seed, "clips": args.clips, "vae_image_steps": args.vae_image_steps,
              "vae_clip_steps": args.vae_clip_steps, "vae_decoder_steps": args.vae_decoder_steps,
              "transformer_from": "previous toy model" if args.transformer_from else None,
-             "train_steps": args.train_steps}
+             "train_steps": args.train_steps, "learning_rate": args.learning_rate}
     save_folder(out, transformer=transformer, vae=vae, text_encoder=encoder, tokenizer=tokenizer, build=build)
     log(f"toy model written to {out} ({folder_size(out) / 1e6:.1f} MB) in {time.time() - t_all:.0f} s")
     return 0

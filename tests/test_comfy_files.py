@@ -122,15 +122,18 @@ print(json.dumps({"key_messages": keys, "dim": net.dim, "num_heads": net.num_hea
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="set COMFYUI_PATH to a ComfyUI checkout")
-def test_comfy_files_load_in_real_comfyui_native_loaders_and_compute_the_same(tmp_path):
-    """``write_comfy_files`` on a toy-sized model in ComfyUI's shapes -> ComfyUI's own ``UNETLoader`` and
-    ``VAELoader`` (its model detection): no missing or unexpected keys, a Wan2.1 model with the ``Wan21`` latent
-    format, and the same transformer output (32-wide text features, zero-padded to 4096 for ComfyUI) and VAE decode /
-    encode as the diffusers models in FrameCap."""
+@pytest.mark.parametrize("which", ["random", "bundled"])
+def test_comfy_files_load_in_real_comfyui_native_loaders_and_compute_the_same(tmp_path, which):
+    """``write_comfy_files`` on a toy-sized model in ComfyUI's shapes (a random one, and the bundled toy model) ->
+    ComfyUI's own ``UNETLoader`` and ``VAELoader`` (its model detection): no missing or unexpected keys, a Wan2.1
+    model with the ``Wan21`` latent format, and the same transformer output (32-wide text features, zero-padded to
+    4096 for ComfyUI) and VAE decode / encode as the diffusers models in FrameCap."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from safetensors.torch import load_file, save_file
 
-    folder = comfy_shaped_model(tmp_path / "toy")
+    from framecap_core.models import TOY_MODEL_DIR
+
+    folder = comfy_shaped_model(tmp_path / "toy") if which == "random" else TOY_MODEL_DIR
     models = tmp_path / "models"
     transformer_path, vae_path = write_comfy_files(folder, models / "diffusion_models", dtype=torch.float32)
     (models / "vae").mkdir()

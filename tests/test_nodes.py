@@ -269,6 +269,24 @@ def test_core_errors_reach_the_user_unchanged(tiny_run):
     assert str(got.value) == str(expected.value)
 
 
+def test_sampler_refuses_conditioning_from_another_text_encoder_width(tiny_run):
+    import dataclasses
+
+    import torch
+
+    from framecap_core.errors import ConfigError
+
+    model, _, cond, schedule, _ = tiny_run
+    assert model.caption_dim == cond.context.unique_embeds.shape[-1] == model.text_encoder.config.d_model
+    ctx = cond.context
+    wider = dataclasses.replace(ctx, unique_embeds=torch.cat([ctx.unique_embeds, ctx.unique_embeds], -1),
+                                negative_embeds=torch.cat([ctx.negative_embeds, ctx.negative_embeds], -1))
+    with pytest.raises(ConfigError, match=f"width {2 * model.caption_dim}, but this model expects "
+                                          f"{model.caption_dim}"):
+        MAPPINGS["FrameCapPMWDSampler"]().sample(model, dataclasses.replace(cond, context=wider), schedule, 32, 32,
+                                                 7, 5.0, "pmwd", 9, 4, "flat", 0)
+
+
 class _Interrupted(Exception):
     pass
 

@@ -58,6 +58,14 @@ class WanModel:
     def text_dim(self) -> int:
         return int(self.transformer.config.text_dim)
 
+    @property
+    def caption_dim(self) -> int:
+        """Width of the caption features this model reads: its text encoder's (narrower than ``text_dim`` for the toy
+        model, whose 32 features are read as zero-padded to 4096, :mod:`framecap_core.narrow_text`), else
+        ``text_dim``."""
+        width = getattr(getattr(self.text_encoder, "config", None), "d_model", None)
+        return int(width) if width is not None else self.text_dim
+
 
 def _component_identity(folder: Path | None, sub: str, file: Path | None) -> str:
     if file is not None:
