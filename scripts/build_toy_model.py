@@ -32,7 +32,7 @@ Stages (each a function below; ``--stage`` starts at one and reuses what is on d
 
 Usage::
 
-    git archive 37ce22f framecap_core/toy_model | tar -x -C runs/previous_toy     # the previous toy model
+    mkdir -p runs/previous_toy && git archive 37ce22f framecap_core/toy_model | tar -x -C runs/previous_toy
     python scripts/build_toy_model.py --transformer-from runs/previous_toy/framecap_core/toy_model
     python scripts/build_toy_model.py --work runs/toy --stage train --train-steps 500   # a stage again, from disk
 """
