@@ -15,6 +15,15 @@ Checks (each prints one JSON object on the last line of stdout):
 - ``vs_loader`` (b): a 3-scene timeline, PMWD with 2 windows, UniPC and a Diffusion Forcing run: the native backend
   (ComfyUI's ``WanModel`` loaded by ``load_diffusion_model``) vs the FrameCap-loader backend (diffusers'
   ``WanTransformer3DModel`` loaded by FrameCap from the same single file), same conditioning and seed.
+- ``lora``: a LoRA applied by ComfyUI's ``LoraLoaderModelOnly`` (strength 0.8) to the ``UNETLoader`` model, through
+  the native sampler, vs FrameCap's ``load_wan(lora=..., lora_scale=0.8)``, same run as ``vs_loader`` (UniPC); two
+  files: kohya layout (``lora_unet_blocks_0_self_attn_q.lora_down.weight`` + ``.alpha``, as musubi-tuner writes)
+  and FrameCap's fine-tuning export ``lora_original`` (``diffusion_model.<module>.lora_A.weight`` + ``.alpha``),
+  both with alpha != rank. Also how far the LoRA moves the result (it must really be applied on both sides).
+- ``fp8``: ``UNETLoader`` with ``weight_dtype="fp8_e4m3fn"`` through the native sampler vs the fp32 run, vs
+  FrameCap's ``weight_dtype="fp8_e4m3fn"`` (which stores only the blocks' linear weights in fp8) and vs FrameCap's
+  loader with ComfyUI's rounding (every parameter but the patch embedding through float8_e4m3fn; ComfyUI computes
+  in fp32 on the CPU); and fp8 + the kohya LoRA (ComfyUI patches it into the fp8 weights).
 - ``real_size`` (c): ComfyUI's ``WanModel`` at the Wan2.1-T2V-1.3B config with random weights vs diffusers'
   transformer with the same weights, fp32, 2 latent frames of 16x16, two different captions (frame-level): one
   denoiser call each (guidance 5). About 12 GB of memory.
@@ -179,54 +188,193 @@ def check_vs_comfy(work: Path) -> dict:
     }
 
 
-def check_vs_loader(work: Path) -> dict:
-    backend, nodes, samplers = setup_comfy()
-    import comfy.sd
+def three_scene_conditioning(nodes):
+    """A 3-scene timeline (13 latents) with seeded random caption embeddings ``[3, 512, 4096]``, as the native
+    conditioning: both backends get exactly the same context."""
     import torch
-    from native_models import comfy_loadable_transformer
 
-    from framecap_core.attention import install_frame_level_attention
-    from framecap_core.backend import WanDenoiser, denormalize_latents
-    from framecap_core.models import load_transformer
-    from framecap_core.pipeline import GenerationSettings, generate
-    from framecap_core.testing import WAN_LATENTS_MEAN, WAN_LATENTS_STD
     from framecap_core.text import TimelineContext
     from framecap_core.timeline import parse_timeline
-
-    files = write_models(work)
-    config = work / "config"
-    comfy_loadable_transformer().save_config(str(config / "transformer"))
-    loader_transformer = install_frame_level_attention(
-        load_transformer(files["transformer"], config=config, dtype="fp32", device="cpu"))
-    model = comfy.sd.load_diffusion_model(str(files["transformer"]))
 
     timeline = parse_timeline("[0s-1s: a red fox runs] [1s-2s: a dog sleeps] [2s-3s: a bird flies]", fps=16)
     generator = torch.Generator().manual_seed(3)
     captions = timeline.unique_captions()
     ctx = TimelineContext(captions, torch.randn(len(captions), 512, 4096, generator=generator),
                           torch.tensor(timeline.latent_unique_indices()), torch.randn(1, 512, 4096, generator=generator))
-    cond = nodes.FrameLevelConditioning(timeline, ctx, "low quality", "random")
-    size, guidance = 32, 4.0
+    return nodes.FrameLevelConditioning(timeline, ctx, "low quality", "random")
+
+
+PMWD_RUN = dict(width=32, height=32, seed=5, guidance=4.0, method="pmwd", window=33, overlap=12, fusion="flat",
+                window_batch_size=0)
+
+
+def native_latents(nodes, samplers, model, cond, solver: str = "unipc", df_step: int = 0):
+    """Raw latents ``[1, 16, 13, 4, 4]`` of the native sampler node: PMWD, 2 windows, 4 steps. Run under
+    ``torch.inference_mode()`` as ComfyUI's executor runs every node (patching LoRAs into fp8 weights needs it)."""
+    import torch
+
+    with torch.inference_mode():
+        return nodes.FrameCapNativeSampler().sample(model, cond, schedule(samplers, 4, solver, df_step),
+                                                    **PMWD_RUN)[0]["samples"]
+
+
+def loader_latents(transformer, cond, shift: float, solver: str = "unipc", df_step: int = 0):
+    """The same run as :func:`native_latents` on the FrameCap-loader backend (a diffusers transformer with
+    frame-level attention), converted to raw latents."""
+    import torch
+
+    from framecap_core.backend import WanDenoiser, denormalize_latents
+    from framecap_core.pipeline import GenerationSettings, generate
+    from framecap_core.testing import WAN_LATENTS_MEAN, WAN_LATENTS_STD
+
+    ctx, run = cond.context, PMWD_RUN
+    settings = GenerationSettings(method=run["method"], window=run["window"], overlap=run["overlap"], steps=4,
+                                  guidance=run["guidance"], shift=shift, solver=solver, df_step=df_step,
+                                  seed=run["seed"], width=run["width"], height=run["height"], negative=cond.negative)
+    denoiser = WanDenoiser(transformer, ctx.unique_embeds, ctx.latent_indices, ctx.negative_embeds,
+                           guidance_scale=run["guidance"])
+    class Info:  # what generate needs of a model when it is given the denoiser
+        device, latent_channels = torch.device("cpu"), 16
+
+    latents = generate(Info(), cond.timeline, settings, decode=False, denoiser=denoiser).latents
+    return denormalize_latents(latents, torch.tensor(WAN_LATENTS_MEAN), torch.tensor(WAN_LATENTS_STD))[None]
+
+
+def loader_config_dir(work: Path) -> Path:
+    """Configs for FrameCap's loader to read the ComfyUI-loadable single file (transformer + the shipped VAE's)."""
+    import shutil
+
+    from native_models import comfy_loadable_transformer
+
+    from framecap_core.models import SHIPPED_CONFIG_DIR
+
+    config = work / "config"
+    if not (config / "transformer" / "config.json").is_file():
+        comfy_loadable_transformer().save_config(str(config / "transformer"))
+    if not (config / "vae" / "config.json").is_file():
+        shutil.copytree(SHIPPED_CONFIG_DIR / "vae", config / "vae", dirs_exist_ok=True)
+    return config
+
+
+def load_with_framecap(work: Path, files: dict, **options):
+    """FrameCap's own ``load_wan`` on the transformer file (no VAE, no text encoder), fp32 on the CPU."""
+    from framecap_core.models import load_wan
+
+    return load_wan(transformer_file=files["transformer"], config_dir=loader_config_dir(work), dtype="fp32",
+                    device="cpu", load_vae_model=False, load_text_encoder_model=False, **options).transformer
+
+
+def comfy_loader_nodes(work: Path):
+    """ComfyUI's own UNETLoader and LoraLoaderModelOnly, reading ``work/models``."""
+    import folder_paths
+
+    import nodes as comfy_nodes
+
+    for kind in ("diffusion_models", "loras"):
+        folder_paths.add_model_folder_path(kind, str(work / "models" / kind), is_default=True)
+    return comfy_nodes.UNETLoader(), comfy_nodes.LoraLoaderModelOnly()
+
+
+def check_vs_loader(work: Path) -> dict:
+    backend, nodes, samplers = setup_comfy()
+    import comfy.sd
+
+    from framecap_core.attention import install_frame_level_attention
+    from framecap_core.models import load_transformer
+
+    files = write_models(work)
+    loader_transformer = install_frame_level_attention(
+        load_transformer(files["transformer"], config=loader_config_dir(work), dtype="fp32", device="cpu"))
+    model = comfy.sd.load_diffusion_model(str(files["transformer"]))
+    cond = three_scene_conditioning(nodes)
     results = {}
     for name, solver, df_step in (("pmwd_unipc", "unipc", 0), ("pmwd_df_euler", "euler", 1)):
-        sched = schedule(samplers, 4, solver, df_step)
-        native = nodes.FrameCapNativeSampler().sample(
-            model, cond, sched, width=size, height=size, seed=5, guidance=guidance, method="pmwd", window=33,
-            overlap=12, fusion="flat", window_batch_size=0)[0]["samples"]
-        settings = GenerationSettings(method="pmwd", window=33, overlap=12, steps=4, guidance=guidance,
-                                      shift=backend.model_flow_shift(model), solver=solver, df_step=df_step, seed=5,
-                                      width=size, height=size, negative="low quality")
-        denoiser = WanDenoiser(loader_transformer, ctx.unique_embeds, ctx.latent_indices, ctx.negative_embeds,
-                               guidance_scale=guidance)
-
-        class Info:
-            device, latent_channels = torch.device("cpu"), 16
-
-        loader = generate(Info(), timeline, settings, decode=False, denoiser=denoiser).latents
-        loader_raw = denormalize_latents(loader, torch.tensor(WAN_LATENTS_MEAN), torch.tensor(WAN_LATENTS_STD))[None]
+        native = native_latents(nodes, samplers, model, cond, solver, df_step)
+        loader_raw = loader_latents(loader_transformer, cond, backend.model_flow_shift(model), solver, df_step)
         results[name] = {"max_abs_diff": max_abs(native, loader_raw), "max_abs_ref": float(loader_raw.abs().max())}
-    results["num_latents"] = timeline.num_latents
+    results["num_latents"] = cond.timeline.num_latents
     return results
+
+
+def check_lora(work: Path) -> dict:
+    """A LoRA through ComfyUI's LoraLoaderModelOnly (native) vs FrameCap's ``load_wan(lora=, lora_scale=)``, for a
+    kohya-layout file and one written by FrameCap's fine-tuning export (``lora_original``)."""
+    backend, nodes, samplers = setup_comfy()
+    from native_models import SINGLE_FILE_NAMES, write_kohya_wan_lora, write_trained_wan_lora
+
+    files = write_models(work)
+    loras = work / "models" / "loras"
+    written = {"kohya": write_kohya_wan_lora(files["transformer"], loras / "wan_kohya_lora.safetensors"),
+               "framecap_export": write_trained_wan_lora(loras / "wan_framecap_lora.safetensors")}
+    unet_loader, lora_loader = comfy_loader_nodes(work)
+    (model,) = unet_loader.load_unet(SINGLE_FILE_NAMES["transformer_fp16"], "default")
+    cond = three_scene_conditioning(nodes)
+    shift, strength = backend.model_flow_shift(model), 0.8
+    plain = native_latents(nodes, samplers, model, cond)
+    results = {"strength": strength, "max_abs_ref": float(plain.abs().max())}
+    for name, path in written.items():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            layers = sum(k.endswith((".lora_A.weight", ".lora_down.weight")) for k in f.keys())
+        (patched,) = lora_loader.load_lora_model_only(model, path.name, strength)
+        native = native_latents(nodes, samplers, patched, cond)
+        transformer = load_with_framecap(work, files, lora=path, lora_scale=strength)
+        loader = loader_latents(transformer, cond, shift)
+        results[name] = {"layers": layers, "comfy_patched_weights": len(patched.patches),
+                         "native_vs_loader": max_abs(native, loader), "lora_effect": max_abs(native, plain),
+                         "user_model_unpatched": len(model.patches) == 0}
+    return results
+
+
+def check_fp8(work: Path) -> dict:
+    """UNETLoader ``weight_dtype="fp8_e4m3fn"`` through the native sampler vs the fp32 run, vs FrameCap's own
+    ``weight_dtype="fp8_e4m3fn"`` (block linear weights only) and vs FrameCap's loader with exactly ComfyUI's
+    rounding (every parameter but the patch embedding through float8_e4m3fn, computed in fp32)."""
+    backend, nodes, samplers = setup_comfy()
+    import torch
+    from native_models import SINGLE_FILE_NAMES, write_kohya_wan_lora
+
+    from framecap_core.attention import install_frame_level_attention
+
+    files = write_models(work)
+    unet_loader, lora_loader = comfy_loader_nodes(work)
+    name = SINGLE_FILE_NAMES["transformer_fp16"]
+    (full,) = unet_loader.load_unet(name, "default")
+    (fp8,) = unet_loader.load_unet(name, "fp8_e4m3fn")
+    net = fp8.model.diffusion_model
+    cond = three_scene_conditioning(nodes)
+    shift = backend.model_flow_shift(fp8)
+    native_full = native_latents(nodes, samplers, full, cond)
+    native_fp8 = native_latents(nodes, samplers, fp8, cond)
+    framecap_fp8 = loader_latents(load_with_framecap(work, files, weight_dtype="fp8_e4m3fn"), cond, shift)
+    comfy_rounding = load_with_framecap(work, files, frame_level=False)
+    with torch.no_grad():
+        for param_name, param in comfy_rounding.named_parameters():
+            if not param_name.startswith("patch_embedding."):
+                param.copy_(param.to(torch.float8_e4m3fn).float())
+    comfy_rounded = loader_latents(install_frame_level_attention(comfy_rounding), cond, shift)
+    lora = write_kohya_wan_lora(files["transformer"], work / "models" / "loras" / "wan_kohya_lora.safetensors")
+    (fp8_lora,) = lora_loader.load_lora_model_only(fp8, lora.name, 0.8)
+    (full_lora,) = lora_loader.load_lora_model_only(full, lora.name, 0.8)
+    native_fp8_lora = native_latents(nodes, samplers, fp8_lora, cond)
+    native_full_lora = native_latents(nodes, samplers, full_lora, cond)
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in net.parameters()})
+    return {
+        "weight_dtypes": dtypes,
+        "fp8_params": sum(p.numel() for p in net.parameters() if p.dtype == torch.float8_e4m3fn),
+        "params": sum(p.numel() for p in net.parameters()),
+        "compute_dtype": str(fp8.model.manual_cast_dtype).removeprefix("torch."),
+        "max_abs_ref": float(native_full.abs().max()),
+        "fp8_vs_fp32": max_abs(native_fp8, native_full),
+        "fp8_vs_framecap_fp8": max_abs(native_fp8, framecap_fp8),
+        "framecap_fp8_vs_fp32": max_abs(framecap_fp8, native_full),
+        "fp8_vs_framecap_comfy_rounding": max_abs(native_fp8, comfy_rounded),
+        "fp8_lora_vs_fp32_lora": max_abs(native_fp8_lora, native_full_lora),
+        "fp8_lora_effect": max_abs(native_fp8_lora, native_fp8),
+        # what the LoRA changes, in fp8 vs in fp32: the same change up to fp8 rounding
+        "fp8_lora_change_vs_fp32_lora_change": max_abs(native_fp8_lora - native_fp8, native_full_lora - native_full),
+    }
 
 
 def check_real_size(work: Path) -> dict:
@@ -280,7 +428,8 @@ def check_real_size(work: Path) -> dict:
     }
 
 
-CHECKS = {"clip": check_clip, "vs_comfy": check_vs_comfy, "vs_loader": check_vs_loader, "real_size": check_real_size}
+CHECKS = {"clip": check_clip, "vs_comfy": check_vs_comfy, "vs_loader": check_vs_loader, "lora": check_lora,
+          "fp8": check_fp8, "real_size": check_real_size}
 
 if __name__ == "__main__":
     name, work = sys.argv[1], Path(sys.argv[2])

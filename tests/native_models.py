@@ -50,3 +50,50 @@ def write_comfy_wan_files(folder: str | Path, *, seed: int = 0, dtype: torch.dty
         written["vae"] = write_original_vae(comfy_loadable_vae(seed + 100),
                                             folder / "vae" / SINGLE_FILE_NAMES["vae"], dtype=dtype)
     return written
+
+
+def write_kohya_wan_lora(transformer_file: str | Path, path: str | Path, *, rank: int = 4, alpha: float = 2.0,
+                         seed: int = 0, std: float = 0.1) -> Path:
+    """A random LoRA on every linear layer of the blocks of ``transformer_file`` (an original-key Wan file), in the
+    kohya layout most Wan LoRAs are shared in (musubi-tuner): ``lora_unet_blocks_0_self_attn_q.lora_down.weight``
+    ``[rank, in]``, ``.lora_up.weight`` ``[out, rank]``, ``.alpha``."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    with safe_open(str(transformer_file), "pt") as f:
+        for key in f.keys():
+            module = key.removeprefix("model.diffusion_model.").removesuffix(".weight")
+            shape = f.get_slice(key).get_shape()
+            if not (module.startswith("blocks.") and key.endswith(".weight") and len(shape) == 2):
+                continue
+            name = "lora_unet_" + module.replace(".", "_")
+            tensors[f"{name}.lora_down.weight"] = torch.randn(rank, shape[1], generator=generator) * std
+            tensors[f"{name}.lora_up.weight"] = torch.randn(shape[0], rank, generator=generator) * std
+            tensors[f"{name}.alpha"] = torch.tensor(float(alpha))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path
+
+
+def write_trained_wan_lora(path: str | Path, *, rank: int = 4, alpha: float = 2.0, seed: int = 0,
+                           std: float = 0.1) -> Path:
+    """A LoRA as FrameCap's fine-tuning writes it for ComfyUI (``export_format="lora_original"``) on
+    :func:`comfy_loadable_transformer`: peft adapters on the default targets, ``lora_B`` made random (as after
+    training; peft starts it at zero), ``lora_alpha != rank`` so that alpha has to be read right."""
+    from framecap_core.training.config import TrainConfig
+    from framecap_core.training.export import export_transformer
+    from framecap_core.training.model import prepare_transformer
+
+    config = TrainConfig(lora_rank=rank, lora_alpha=alpha, text_len=512)
+    transformer = prepare_transformer(comfy_loadable_transformer(), config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in transformer.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return export_transformer(transformer, path, format="lora_original", config=config)

@@ -365,14 +365,18 @@ def test_lora_training_export_format(written, peft_transformer, tmp_path):
     assert "lora" in loaded.source
 
 
-def test_lora_kohya_original_names(written, peft_transformer, tmp_path):
+@pytest.mark.parametrize("style", ["dotted", "underscored"])
+def test_lora_kohya_original_names(written, peft_transformer, tmp_path, style):
+    """``diffusion_model.blocks.0.self_attn.q.lora_down.weight`` or ``lora_unet_blocks_0_self_attn_q.lora_down.weight``
+    (musubi-tuner's Wan LoRAs); ComfyUI's LoRA loader reads both."""
     model, _ = peft_transformer
     state = {}
     for key, value in _lora_state(model).items():
         module, kind = key.rsplit(".lora_", 1)
         original = next(iter(convert.transformer_to_original_keys({module + ".weight": None})))[: -len(".weight")]
-        state[f"diffusion_model.{original}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = value
-        state[f"diffusion_model.{original}.alpha"] = torch.tensor(4.0)
+        name = f"diffusion_model.{original}" if style == "dotted" else "lora_unet_" + original.replace(".", "_")
+        state[f"{name}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = value
+        state[f"{name}.alpha"] = torch.tensor(4.0)
     path = tmp_path / "kohya.safetensors"
     save_file(state, str(path))
     loaded = models.load_wan(written["diffusers"], dtype="fp32", frame_level=False, lora=path, lora_scale=1.0)

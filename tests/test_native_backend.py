@@ -7,6 +7,8 @@ and the nodes' input checks. With ``COMFYUI_PATH`` (and ``COMFYUI_PYTHON``, Comf
 - the CLIP node on ComfyUI's real ``comfy.sd.CLIP`` (Wan's UMT5 classes and tokenizer, 2 layers);
 - (a) one caption, one window, Euler: native node == ComfyUI's own ``sample_custom`` (same sigmas, noise, CLIP);
 - (b) native backend == FrameCap-loader backend on the same single-file weights, 3-scene timeline, PMWD;
+- a LoRA through ComfyUI's LoraLoaderModelOnly == the same file through FrameCap's ``load_wan(lora=...)``;
+- fp8 weights from UNETLoader (``fp8_e4m3fn``) end to end, against fp32 and FrameCap's loader;
 - (c) at the Wan2.1-T2V-1.3B size (``FRAMECAP_REAL_SIZE=1``, ~12 GB of memory): native vs diffusers <= 1e-4.
 """
 
@@ -123,7 +125,7 @@ def _run_checks(names: str, work: Path, timeout: int = 3600) -> dict:
 
 @pytest.fixture(scope="module")
 def comfy_checks(tmp_path_factory):
-    return _run_checks("clip,vs_comfy,vs_loader", tmp_path_factory.mktemp("native_checks"))
+    return _run_checks("clip,vs_comfy,vs_loader,lora,fp8", tmp_path_factory.mktemp("native_checks"))
 
 
 @pytest.mark.slow
@@ -155,6 +157,37 @@ def test_b_native_backend_equals_the_framecap_loader_backend(comfy_checks):
     for run in ("pmwd_unipc", "pmwd_df_euler"):
         assert result[run]["max_abs_ref"] > 1.0
         assert result[run]["max_abs_diff"] <= 1e-4, result
+
+
+@pytest.mark.slow
+@needs_comfy
+def test_a_lora_from_comfyuis_lora_loader_equals_framecaps_loader_lora(comfy_checks):
+    result = comfy_checks["lora"]
+    assert result["max_abs_ref"] > 1.0
+    for name in ("kohya", "framecap_export"):
+        run = result[name]
+        assert run["layers"] >= 16 and run["comfy_patched_weights"] == run["layers"], result  # every key applied
+        assert run["native_vs_loader"] <= 1e-4, result  # the tolerance of (b)
+        assert run["lora_effect"] >= 1000 * max(run["native_vs_loader"], 1e-6), result  # really applied, both sides
+        assert run["user_model_unpatched"]
+
+
+@pytest.mark.slow
+@needs_comfy
+def test_fp8_weights_from_unet_loader_run_end_to_end(comfy_checks):
+    result = comfy_checks["fp8"]
+    # ComfyUI stores every parameter but the patch embedding in fp8 and computes in fp32 on the CPU
+    assert result["weight_dtypes"] == ["float32", "float8_e4m3fn"] and result["compute_dtype"] == "float32"
+    assert result["fp8_params"] > 0.99 * result["params"]
+    scale = result["max_abs_ref"]
+    # fp8 e4m3 keeps 3 mantissa bits (relative rounding up to 1/16 per weight): a visible but small change
+    assert 1e-3 * scale < result["fp8_vs_fp32"] <= 0.05 * scale, result
+    assert result["framecap_fp8_vs_fp32"] <= 0.05 * scale, result
+    # with exactly ComfyUI's rounding, FrameCap's backend gives the same latents as (b)
+    assert result["fp8_vs_framecap_comfy_rounding"] <= 1e-4, result
+    # a LoRA on the fp8 model changes the result as on the fp32 one, up to fp8 rounding
+    assert result["fp8_lora_vs_fp32_lora"] <= 0.05 * scale, result
+    assert result["fp8_lora_change_vs_fp32_lora_change"] <= 0.5 * result["fp8_lora_effect"], result
 
 
 @pytest.mark.slow

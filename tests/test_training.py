@@ -294,6 +294,12 @@ def test_export_formats_load_and_change_output(tmp_path, cache_dir):
     assert all(torch.equal(diffusers_state[k], converted[k]) for k in converted)
 
 
+def _probe_inputs():
+    """A fixed latent ``[1, 16, 2, 4, 4]`` and context ``[1, TEXT_LEN, TINY_TEXT_DIM]`` to compare transformers on."""
+    g = torch.Generator().manual_seed(2)
+    return torch.randn(1, 16, 2, 4, 4, generator=g), torch.randn(1, TEXT_LEN, TINY_TEXT_DIM, generator=g)
+
+
 def test_lora_training_and_export(tmp_path, cache_dir):
     from safetensors.torch import load_file
 
@@ -308,9 +314,7 @@ def test_lora_training_and_export(tmp_path, cache_dir):
     # a fresh base model with the adapter loaded reproduces the trained model
     fresh = make_tiny_transformer(0)
     fresh.load_lora_adapter(str(result.export_path), prefix="transformer", adapter_name="framecap")
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(1, 16, 2, 4, 4, generator=g)
-    ctx = torch.randn(1, TEXT_LEN, TINY_TEXT_DIM, generator=g)
+    x, ctx = _probe_inputs()
     model.eval()
     with torch.no_grad():
         a = model(hidden_states=x, timestep=torch.tensor([300.0]), encoder_hidden_states=ctx)[0]
@@ -344,6 +348,36 @@ def test_lora_training_and_export(tmp_path, cache_dir):
     with torch.no_grad():
         c = plain(hidden_states=x, timestep=torch.tensor([300.0]), encoder_hidden_states=ctx)[0]
     assert torch.allclose(a, c, atol=1e-5)
+
+
+def test_lora_original_export_carries_alpha_for_readers_that_ignore_the_header(tmp_path):
+    """ComfyUI's LoRA loader reads alpha only from ``<module>.alpha`` tensors; with lora_alpha != rank the
+    ``lora_original`` file must give the adapted model to a reader that never looks at the header."""
+    from safetensors.torch import load_file
+
+    from framecap_core.models import merge_lora
+    from framecap_core.training.model import prepare_transformer
+
+    config = TrainConfig(lora_rank=4, lora_alpha=2.0, text_len=TEXT_LEN)
+    model = prepare_transformer(make_tiny_transformer(0), config)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=g) * 0.2)
+    path = export_transformer(model, tmp_path / "lora_comfy.safetensors", format="lora_original", config=config)
+    state = load_file(str(path))
+    alphas = {k: float(v) for k, v in state.items() if k.endswith(".alpha")}
+    assert len(alphas) == sum(k.endswith(".lora_A.weight") for k in state) > 0
+    assert set(alphas.values()) == {2.0} and "diffusion_model.blocks.0.self_attn.q.alpha" in alphas
+    merged = make_tiny_transformer(0)
+    merge_lora(merged, state, adapter_config=None)  # the header is not read
+    x, ctx = _probe_inputs()
+    model.eval()
+    with torch.no_grad():
+        adapted = model(hidden_states=x, timestep=torch.tensor([300.0]), encoder_hidden_states=ctx)[0]
+        read = merged(hidden_states=x, timestep=torch.tensor([300.0]), encoder_hidden_states=ctx)[0]
+    assert torch.allclose(adapted, read, atol=1e-5)
 
 
 def test_config_file_and_overrides(tmp_path):

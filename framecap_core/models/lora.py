@@ -1,4 +1,5 @@
-"""LoRA weights (peft, diffusers ``transformer.``, kohya ``lora_down``/``lora_up``) merged into the transformer:
+"""LoRA weights (peft, diffusers ``transformer.``, ComfyUI ``diffusion_model.``, kohya ``lora_unet_`` with
+``lora_down``/``lora_up``) merged into the transformer:
 ``W += scale * (alpha / r) * B @ A``."""
 
 from __future__ import annotations
@@ -14,10 +15,26 @@ from ..errors import ModelLoadError
 _LORA_KEY = re.compile(r"^(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora_down|lora_up)(?:\.[A-Za-z0-9_]+)?\.weight$")
 
 
+# Original Wan module-name parts that contain an underscore; kohya names (``lora_unet_blocks_0_self_attn_q``, what
+# musubi-tuner writes) join every part with one, so these are put back together after splitting at underscores.
+_WAN_UNDERSCORED_PARTS = ("self_attn", "cross_attn", "norm_q", "norm_k", "text_embedding", "time_embedding",
+                          "time_projection", "patch_embedding")
+
+
+def _kohya_module_to_original(name: str) -> str:
+    """``blocks_0_self_attn_q`` -> ``blocks.0.self_attn.q`` (original Wan names joined by underscores)."""
+    dotted = name.replace("_", ".")
+    for part in _WAN_UNDERSCORED_PARTS:
+        dotted = dotted.replace(part.replace("_", "."), part)
+    return dotted
+
+
 def _lora_module_to_diffusers(module: str) -> str:
     for prefix in ("base_model.model.", "transformer.", "model.diffusion_model.", "diffusion_model.", "lora_unet_"):
         if module.startswith(prefix):
             module = module[len(prefix):]
+            if prefix == "lora_unet_" and "." not in module:
+                module = _kohya_module_to_original(module)
     if ".self_attn." in module or ".cross_attn." in module or re.search(r"\.ffn\.[02]$", module) or module.startswith(
         ("time_embedding.", "text_embedding.", "head.", "time_projection.")
     ):
@@ -48,7 +65,8 @@ def merge_lora(transformer, state: dict[str, torch.Tensor], *, scale: float = 1.
                path: Path | None = None) -> int:
     """Merge LoRA weights into ``transformer`` in place: ``W += scale * (alpha / r) * B @ A``; returns the number of
     merged layers. Keys: peft (``<module>.lora_A.weight``, optionally ``base_model.model.`` / ``transformer.``
-    prefixed, original Wan or diffusers module names) or kohya (``lora_down`` / ``lora_up`` with ``.alpha``)."""
+    prefixed, original Wan or diffusers module names) or kohya (``lora_down`` / ``lora_up`` with ``.alpha``; also
+    ``lora_unet_blocks_0_self_attn_q``-style names)."""
     adapter_config = adapter_config or {}
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     alphas: dict[str, float] = {}

@@ -64,7 +64,8 @@ def export_transformer(
         - ``"lora"``: only the LoRA weights, keys ``transformer.<module>.lora_A/B.weight`` (diffusers' LoRA format),
           the adapter config under the ``lora_adapter_metadata`` metadata key;
         - ``"lora_original"``: the same LoRA with original Wan module names behind ``diffusion_model.``
-          (``diffusion_model.blocks.0.self_attn.q.lora_A.weight``), the layout ComfyUI's LoRA loader reads for Wan.
+          (``diffusion_model.blocks.0.self_attn.q.lora_A.weight``) and alpha as ``<module>.alpha`` tensors, the layout
+          ComfyUI's LoRA loader reads for Wan.
 
     Metadata (strings): ``framecap_format``, ``framecap_version``, ``base_model``, ``training_config`` (JSON),
     ``step``, ``text_len`` (tokens per caption it was trained with), ``frame_level_attention`` ("true": install it
@@ -89,6 +90,11 @@ def export_transformer(
             from ..convert import transformer_to_original_keys
 
             state = transformer_to_original_keys(state, prefix="diffusion_model.")
+            # ComfyUI's LoRA loaders read alpha only from ``<module>.alpha`` tensors (never the header); without them
+            # they apply B @ A at alpha = rank, a different strength whenever lora_alpha != r.
+            alpha = torch.tensor(float(next(iter(transformer.peft_config.values())).lora_alpha))
+            state.update({key[: -len(".lora_A.weight")] + ".alpha": alpha.clone() for key in list(state)
+                          if key.endswith(".lora_A.weight")})
     elif format in ("diffusers", "original"):
         state = _merged_state_dict(transformer)
         if format == "original":
