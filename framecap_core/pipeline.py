@@ -297,6 +297,13 @@ class GenerationPlan:
     def forwards_per_latent(self) -> float:
         return self.total_forwards / self.num_latents
 
+    def with_window_batch_size(self, window_batch_size: int | None) -> GenerationPlan:
+        """This plan with ``window_batch_size`` decided (e.g. "auto" resolved once the model is on its device):
+        the windows per denoiser call are all that changes, so nothing is planned again."""
+        settings = self.settings.replace(window_batch_size=window_batch_size) if self.settings is not None else None
+        return dataclasses.replace(self, settings=settings,
+                                   sampler=dataclasses.replace(self.sampler, window_batch_size=window_batch_size))
+
     def process_share(self) -> str:
         """How the processes share a full step's windows, by whole transformer calls of the settings'
         ``window_batch_size`` windows, e.g. "2 processes, 6 and 5 windows per step (1 per call)"."""
@@ -607,8 +614,8 @@ def generate(
         batch = resolve_window_batch_size(model, plan, settings) if own_denoiser else settings.fixed_window_batch_size
         if world > 1 and batch is not None:  # "auto" fits each device: the processes take the smallest
             batch = agree_on_min(process_group, batch)
-        sampler = dataclasses.replace(plan.sampler, window_batch_size=batch)
-        latents = run_sampler(sampler, denoiser, noise, callback=on_event, process_group=process_group)
+        latents = run_sampler(plan.with_window_batch_size(batch).sampler, denoiser, noise, callback=on_event,
+                              process_group=process_group)
     timings["denoise"] = time.perf_counter() - t0
     latents = latents.float().cpu()
 

@@ -189,8 +189,8 @@ class FrameCapNativeSampler:
         with native_sampling(clone, (rows, *window_shape)) as (loaded, model_options):
             if auto:
                 batch = auto_native_window_batch(loaded, clone.load_device, window_shape, len(plan.window_spans))
-                settings = settings.replace(window_batch_size=batch)
-                plan = plan_generation(timeline, settings)
+                plan = plan.with_window_batch_size(batch)
+                settings = plan.settings
             denoiser = NativeWanDenoiser(loaded, model_options, ctx.unique_embeds, ctx.latent_indices,
                                          ctx.negative_embeds, guidance_scale=float(guidance))
             collector = PreviewCollector(denoiser, plan.num_latents) if previewer is not None else None

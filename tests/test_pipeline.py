@@ -250,3 +250,14 @@ def test_headline_is_the_head_of_describe():
     plan = plan_generation(parse_timeline(CAPTIONS, num_frames=81), GenerationSettings())
     assert plan.describe().startswith(plan.headline() + "\nnegative: ")
     assert len(plan.headline().splitlines()) == 3
+
+
+def test_deciding_the_window_batch_changes_only_the_calls():
+    """with_window_batch_size (an "auto" batch resolved at run time) keeps every planned window and the cost."""
+    timeline = parse_timeline(CAPTIONS, num_frames=33)
+    plan = plan_generation(timeline, tiny_settings(method="pmwd", window=9, overlap=4, steps=2))
+    decided = plan.with_window_batch_size(2)
+    assert decided.sampler.window_batch_size == 2 and decided.settings.window_batch_size == 2
+    assert decided.sampler.window_starts == plan.sampler.window_starts
+    assert decided.window_spans == plan.window_spans and decided.total_forwards == plan.total_forwards
+    assert plan.settings.window_batch_size != 2  # the original plan is left as it was
