@@ -46,6 +46,12 @@ COLUMNS = (
     ("frame_consistency", "Frame-level consistency ↑"),
     ("drift", "Drift (off-palette, last quarter) ↓"),
 )
+HOLD_COLUMNS = (
+    ("identity_hold", "Identity held ↑"),
+    ("size_drift", "Size drift ↓"),
+    ("frame_consistency", "Frame-level consistency ↑"),
+    ("drift", "Drift (off-palette, last quarter) ↓"),
+)
 SHORT, LONG = 33, 129
 SAMPLERS = (("fifo", "FIFO"), ("sliding", "Sequential sliding window"), ("pmwd", "PMWD"))
 PAIRS = (("PMWD − FIFO", "PMWD", "FIFO"), ("PMWD − sliding", "PMWD", "Sequential sliding window"))
@@ -66,6 +72,11 @@ def story_for(seed: int, frames: int, scenes: tuple[int, int]) -> tw.ToyStory:
     return tw.random_story(10_000 + seed, num_frames=frames, num_scenes=scenes, min_scene_frames=12)
 
 
+def long_scene_story(seed: int, frames: int) -> tw.ToyStory:
+    """2-3 scenes, each at least a quarter of the video (64+ frames at 257): where a sampler's errors accumulate."""
+    return tw.random_story(11_000 + seed, num_frames=frames, num_scenes=(2, 3), min_scene_frames=frames // 4)
+
+
 def scenes_for(frames: int) -> tuple[int, int]:
     """Scene count range of a long story: 4-6 scenes per 129 frames (about one per 2 s at 16 fps)."""
     return (4, 6) if frames <= LONG else (4 * frames // LONG, 6 * frames // LONG)
@@ -75,6 +86,10 @@ def score(frames: np.ndarray, story: tw.ToyStory) -> dict[str, float]:
     timeline = story.timeline()
     s = evaluate_video(tw.OracleEmbedder(), frames, timeline, prompt=tw.story_text(story))
     return {**s.as_dict(), "drift": drift(frames)}
+
+
+def score_hold(frames: np.ndarray, story: tw.ToyStory) -> dict[str, float]:
+    return {**score(frames, story), **tw.scene_hold(frames, story)}
 
 
 def toy_defaults() -> dict:
@@ -108,8 +123,11 @@ def bundled_build() -> dict:
     return read_model_settings(TOY_MODEL_DIR).build
 
 
-def train_video_level(work: Path, steps: int, clips: int, threads: int, seed: int = 0) -> Path:
-    """The video-level baseline: the toy build's data and training, one caption (the story) per clip."""
+def train_video_level(work: Path, steps: int, clips: int, threads: int, seed: int = 0, *,
+                      start_from: Path | None = None, learning_rate: float = 1e-3) -> Path:
+    """The video-level baseline: the toy build's data and training, one caption (the story) per clip. From a random
+    transformer, or (``start_from``, a toy model folder) from the transformer the bundled model's last training phase
+    started from, so the two differ only in the captions of that phase."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import build_toy_model as build
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
@@ -117,7 +135,8 @@ def train_video_level(work: Path, steps: int, clips: int, threads: int, seed: in
 
     from framecap_core.models import TOY_MODEL_DIR
 
-    out = f"video_level_seed{seed}_{clips}clips_{steps}steps"  # a finished run with these settings is reused
+    start = f"_from_{start_from.resolve().parent.name}_{start_from.name}" if start_from else ""
+    out = f"video_level_seed{seed}_{clips}clips_{steps}steps_lr{learning_rate:g}{start}"  # a finished run is reused
     export = work / out / "framecap_transformer.safetensors"
     if export.is_file():
         return export
@@ -130,9 +149,14 @@ def train_video_level(work: Path, steps: int, clips: int, threads: int, seed: in
     # the bundled transformer's shapes (the build script's current config may be newer than the bundled model)
     config = {k: v for k, v in WanTransformer3DModel.load_config(str(TOY_MODEL_DIR / "transformer")).items()
               if not k.startswith("_")}
-    build.save_folder(work / "base", transformer=build.make_transformer(seed, **config), vae=vae, text_encoder=enc,
-                      tokenizer=tok, text_len=4 * build.TEXT_LEN)
-    cfg = build.train_config(work, steps, seed, cache="cache_global", out=out, text_len=4 * build.TEXT_LEN)
+    if start_from:
+        transformer = WanTransformer3DModel.from_pretrained(str(start_from / "transformer")).eval()
+    else:
+        transformer = build.make_transformer(seed, **config)
+    build.save_folder(work / "base", transformer=transformer, vae=vae, text_encoder=enc, tokenizer=tok,
+                      text_len=4 * build.TEXT_LEN)
+    cfg = build.train_config(work, steps, seed, cache="cache_global", out=out, text_len=4 * build.TEXT_LEN,
+                             learning_rate=learning_rate)
     build.run_finetune(cfg, threads)
     return export
 
@@ -147,47 +171,73 @@ def main(argv=None) -> int:
     parser.add_argument("--table1", action="store_true", help="train the video-level baseline and run Table 1")
     parser.add_argument("--train-steps", type=int, help="baseline training steps (default: the bundled model's)")
     parser.add_argument("--clips", type=int, help="baseline training clips (default: the bundled model's)")
+    parser.add_argument("--learning-rate", type=float, help="baseline peak learning rate (default: the bundled "
+                        "model's last phase's)")
+    parser.add_argument("--baseline-from", help="a toy model folder to start the baseline's transformer from (the "
+                        "one the bundled model's last phase started from: the two then differ only in the captions "
+                        "of that phase); default: a random transformer")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench_paper"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--long-frames", type=int, nargs="+", default=[LONG],
                         help="frames of the long videos (4k+1; default 129, 4x the training window); several values "
                         "run Table 2 at each length (Table 1's long rows use the first)")
+    parser.add_argument("--hold-frames", type=int, nargs="*", default=[],
+                        help="also run Table 2b at these lengths: stories of 2-3 long scenes, scored on how well each "
+                        "scene keeps its shape's identity and size to its end (toyworld.scene_hold)")
+    parser.add_argument("--skip-table2", action="store_true", help="skip Table 2 (run only 2b and/or Table 1)")
     parser.add_argument("--json", dest="json_out")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     from framecap_core.models import load_wan
 
-    for frames in args.long_frames:
+    for frames in [*args.long_frames, *args.hold_frames]:
         if frames < SHORT or (frames - 1) % 4:
-            parser.error(f"--long-frames must be 4k+1 and at least {SHORT}; got {frames}")
-    results: dict[str, dict] = {"table1": {}, "table2": {}}
+            parser.error(f"--long-frames and --hold-frames must be 4k+1 and at least {SHORT}; got {frames}")
+    if args.table1 and args.skip_table2:
+        parser.error("Table 1's long frame-level row is Table 2's PMWD row: --table1 needs Table 2")
+    results: dict[str, dict] = {"table1": {}, "table2": {}, "table2b": {}}
     t0 = time.time()
     frame_model = load_wan("toy", device="cpu")
     stories_by_length = {frames: [story_for(s, frames, scenes_for(frames)) for s in range(args.seeds)]
                          for frames in args.long_frames}
 
-    # Table 2: samplers on long videos, frame-level prompts; the same story and seed for every sampler (paired)
-    for frames, stories in stories_by_length.items():
+    def compare_samplers(table_name: str, stories: list[tw.ToyStory], scorer, columns) -> dict[str, list]:
+        """Every sampler on every story (seed = the story's index: the same noise for all three), then the table
+        and the paired differences."""
+        frames = stories[0].num_frames
         by_sampler = {}
         for method, name in SAMPLERS:
-            by_sampler[name] = [score(run_generation(frame_model, story.timeline(), method, seed), story)
+            by_sampler[name] = [scorer(run_generation(frame_model, story.timeline(), method, seed), story)
                                 for seed, story in enumerate(stories)]
-            print(f"[{time.time() - t0:.0f} s] table 2, {frames} frames: {name} done", file=sys.stderr)
-        results["table2"][str(frames)] = by_sampler
-        print(f"\nTable 2 (toy): samplers, long videos ({frames} frames), frame-level prompts\n")
-        print(table(list(by_sampler.items())))
+            print(f"[{time.time() - t0:.0f} s] {table_name}, {frames} frames: {name} done", file=sys.stderr)
+        print(f"\n{table_name} (toy): samplers, {frames} frames, frame-level prompts\n")
+        print(format_table(list(by_sampler.items()), columns=columns))
         if args.seeds >= 2:
             print(f"\nPaired differences at {frames} frames (same story and seed), mean [95% interval]\n")
             print(format_paired_table([(label, by_sampler[a], by_sampler[b]) for label, a, b in PAIRS],
-                                      columns=COLUMNS))
+                                      columns=columns))
+        return by_sampler
+
+    # Table 2: samplers on long videos, frame-level prompts; the same story and seed for every sampler (paired)
+    if not args.skip_table2:
+        for frames, stories in stories_by_length.items():
+            results["table2"][str(frames)] = compare_samplers("Table 2", stories, score, COLUMNS)
+    # Table 2b: long scenes, where an autoregressive sampler's errors accumulate
+    for frames in args.hold_frames:
+        stories = [long_scene_story(s, frames) for s in range(args.seeds)]
+        results["table2b"][str(frames)] = compare_samplers("Table 2b, long scenes", stories, score_hold,
+                                                           HOLD_COLUMNS)
 
     if args.table1:
         long_frames = args.long_frames[0]
         long_label = f"long ({(long_frames - 1) / (SHORT - 1):g}x)"
         built = bundled_build()
-        export = train_video_level(Path(args.work), args.train_steps or built["train_steps"],
-                                   args.clips or built["clips"], args.threads, built["seed"])
+        last_phase = (built.get("phases") or [built])[-1]
+        export = train_video_level(Path(args.work), args.train_steps or last_phase["train_steps"],
+                                   args.clips or built["clips"], args.threads, built["seed"],
+                                   start_from=Path(args.baseline_from) if args.baseline_from else None,
+                                   learning_rate=args.learning_rate or last_phase["learning_rate"])
         video_model = load_wan("toy", checkpoint=export, text_len=4 * 16, device="cpu")
         short_stories = [story_for(s, SHORT, (2, 3)) for s in range(args.seeds)]
         def runs(model, stories, video_level: bool):

@@ -52,12 +52,16 @@ __all__ = [
     "read_frame_attributes",
     "read_video_attributes",
     "render_story",
+    "scene_hold",
+    "scene_speed",
     "story_text",
 ]
 
 FRAME_SIZE = 64
 SHAPE_SIZE = 20  # bounding box side in pixels
 SPEED = 0.75  # pixels per frame for a moving shape
+MARGIN = SHAPE_SIZE / 2 + 2  # closest a shape's centre comes to the frame's edge
+TRAVEL_RANGE = FRAME_SIZE - 2 * MARGIN  # how far a shape can move and stay whole in the frame
 
 # Saturated, far-apart colours (so a VAE's small errors and noise never move a pixel to another colour's nearest).
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -90,6 +94,12 @@ TOY_WORDS = tuple(dict.fromkeys(
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def scene_speed(frames: int) -> float:
+    """Pixels per frame of a moving shape in a scene of ``frames`` frames: ``SPEED``, or slower in a scene too long
+    to cross the frame at that speed (over 54 frames), so the shape stays whole in the frame to the scene's end."""
+    return min(SPEED, TRAVEL_RANGE / max(frames - 1, 1))
+
+
 @dataclass(frozen=True)
 class ToyScene:
     shape: str
@@ -102,6 +112,10 @@ class ToyScene:
 
     def attributes(self) -> dict[str, str]:
         return {"shape": self.shape, "colour": self.colour, "background": self.background, "motion": self.motion}
+
+    @property
+    def speed(self) -> float:
+        return scene_speed(self.frames)
 
     @property
     def caption(self) -> str:
@@ -182,11 +196,9 @@ def story_text(story: ToyStory) -> str:
 
 def _start_position(motion: str, frames: int, rng: np.random.Generator) -> tuple[float, float]:
     """A start centre that keeps the whole shape inside the frame for the scene's duration."""
-    half = SHAPE_SIZE / 2 + 2
-    lo, hi = half, FRAME_SIZE - half
+    lo, hi = MARGIN, FRAME_SIZE - MARGIN
     dx, dy = MOTIONS[motion]
-    travel = SPEED * max(frames - 1, 0)
-    travel = min(travel, hi - lo)
+    travel = scene_speed(frames) * max(frames - 1, 0)
 
     def axis(d: float) -> float:
         if d > 0:
@@ -302,7 +314,7 @@ def render_story(story: ToyStory) -> np.ndarray:
     for s in story.scenes:
         dx, dy = MOTIONS[s.motion]
         for k in range(s.frames):
-            frames.append(render_frame(s.shape, s.colour, s.background, s.x + SPEED * dx * k, s.y + SPEED * dy * k))
+            frames.append(render_frame(s.shape, s.colour, s.background, s.x + s.speed * dx * k, s.y + s.speed * dy * k))
     return np.stack(frames)
 
 
@@ -327,6 +339,7 @@ class FrameReading:
     background: str
     centroid: tuple[float, float] | None  # (x, y)
     match: float  # intersection over union of the mask and the chosen shape drawn at its centroid (0 if no shape)
+    area: int = 0  # pixels of the shape's mask (0 if no shape)
 
     def attributes(self) -> dict[str, str | None]:
         return {"shape": self.shape, "colour": self.colour, "background": self.background}
@@ -366,7 +379,8 @@ def read_frame_attributes(frame: np.ndarray, min_pixels: int = 20) -> FrameReadi
     ys, xs = np.nonzero(shape_mask)
     cx, cy = float(xs.mean()) + 0.5, float(ys.mean()) + 0.5  # pixel centres, in the renderer's coordinates
     shape, match = _best_matching_shape(shape_mask, cx, cy)
-    return FrameReading(shape, _NAMES[fg], _NAMES[bg], (float(xs.mean()), float(ys.mean())), match)
+    return FrameReading(shape, _NAMES[fg], _NAMES[bg], (float(xs.mean()), float(ys.mean())), match,
+                        int(shape_mask.sum()))
 
 
 def _centroid_offset(shape: str) -> tuple[float, float]:
@@ -446,6 +460,38 @@ def read_video_attributes(
         attrs["motion"] = _motion_at(readings, t, radius, still)
         out.append(attrs)
     return out
+
+
+def scene_hold(frames: Any, story: ToyStory, *, edge: int = 8, min_frames: int = 48) -> dict[str, float]:
+    """How well a video keeps, to the end of each long scene, the shape it drew at the scene's start: the property
+    in which a sampler's error accumulates (a sliding window or FIFO re-reads its own output, so a shape that starts
+    to change keeps changing). Measured against the video itself, not the caption: a shape drawn wrong from the
+    start and kept is held.
+
+    For every scene of at least ``min_frames`` frames, from one latent (4 frames) after its cut to its end:
+    ``identity_hold`` is the share of frames whose shape and shape colour read as the scene's first ``edge`` frames
+    mostly do; ``size_drift`` is ``|A_last - A_first| / max(A_first, A_last)`` with ``A`` the mean shape area (mask
+    pixels) over the first and the last ``edge`` frames (0: same size, 1: the shape appeared or vanished). Means over
+    those scenes, ``nan`` when the story has none. ``frames``: ``[T, H, W, 3]`` as ``story`` times them."""
+    arr = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    if len(arr) != story.num_frames:
+        raise ValueError(f"the video has {len(arr)} frames, the story {story.num_frames}")
+    holds, drifts, start = [], [], 0
+    for scene in story.scenes:
+        begin, end = start + 4, start + scene.frames
+        start = end
+        if scene.frames < min_frames:
+            continue
+        readings = [read_frame_attributes(f) for f in arr[begin:end]]
+        identity = [(r.shape, r.colour) for r in readings]
+        first = max(set(identity[:edge]), key=identity[:edge].count)
+        holds.append(float(np.mean([i == first for i in identity])))
+        a_first = float(np.mean([r.area for r in readings[:edge]]))
+        a_last = float(np.mean([r.area for r in readings[-edge:]]))
+        drifts.append(abs(a_last - a_first) / max(a_first, a_last, 1.0))
+    if not holds:
+        return {"identity_hold": float("nan"), "size_drift": float("nan")}
+    return {"identity_hold": float(np.mean(holds)), "size_drift": float(np.mean(drifts))}
 
 
 def attribute_agreement(read: dict[str, str | None], truth: dict[str, str | None]) -> dict[str, bool]:

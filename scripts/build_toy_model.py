@@ -283,7 +283,7 @@ def foreground_mask(x: torch.Tensor) -> torch.Tensor:
 
 def train_vae(vae, *, steps_image: int, steps_clip: int, seed: int = 0, lr: float = 1e-4, batch: int = 8,
               pool: int = 1024, latent_weight: float = 1e-4, foreground_weight: float = 4.0,
-              decoder_only: bool = False):
+              decoder_only: bool = False, latent_noise: float = 0.0):
     """Reconstruction of the posterior mean, first on single frames, then on 5-frame clips.
 
     The loss is a pixel MSE in which the shape's pixels weigh ``1 + foreground_weight``: a shape covers a few percent
@@ -291,7 +291,10 @@ def train_vae(vae, *, steps_image: int, steps_clip: int, seed: int = 0, lr: floa
     VAE's channel-wise RMS norms make it sensitive to the step size — with zero-initialized residual branches
     (``make_vae``) a constant 1e-4 leaves the mean-colour plateau in ~400 steps, while 2e-4 takes ~1000 and 5e-4
     or more stay on it. Frames come from a fixed pool drawn once (rendering is slower than a step of this model).
-    ``decoder_only``: train the decoder (and ``post_quant_conv``) against the frozen encoder's latents."""
+    ``decoder_only``: train the decoder (and ``post_quant_conv``) against the frozen encoder's latents.
+    ``latent_noise``: single frames are decoded from latents with Gaussian noise added, of a standard deviation drawn
+    per frame from [0, ``latent_noise``] in units of each channel's ``latents_std`` (the diffusion model's units), so
+    the decoder draws a clean frame from a slightly wrong latent, as the transformer's outputs are."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()] if decoder_only else vae.parameters()
@@ -315,6 +318,9 @@ def train_vae(vae, *, steps_image: int, steps_clip: int, seed: int = 0, lr: floa
             # every causal tap but the current one) with none of the per-chunk bookkeeping
             with torch.set_grad_enabled(not decoder_only):
                 mu = vae.quant_conv(vae.encoder(x))[:, : vae.config.z_dim]
+            if latent_noise:
+                scale = torch.rand(batch, 1, 1, 1, 1) * latent_noise
+                mu = mu + scale * torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1) * torch.randn_like(mu)
             rec = vae.decoder(vae.post_quant_conv(mu), first_chunk=True)
         else:
             x = _to_input(_random_clips(rng, 4, 5))
@@ -622,6 +628,30 @@ def load_exported_transformer(export: Path):
     return model.eval()
 
 
+def training_phases(transformer_from: Path | None, steps: int, learning_rate: float) -> list[dict]:
+    """The transformer's training history for ``framecap.json``: the phases of the model it started from (read from
+    that folder's ``framecap.json``; none for a random start, one "previous toy model" phase for a model built before
+    phases were recorded) and this one."""
+    from framecap_core.model_settings import read_model_settings
+
+    earlier: list[dict] = []
+    if transformer_from is not None:
+        built = read_model_settings(transformer_from).build
+        if "phases" in built:
+            earlier = list(built["phases"])
+        elif "train_steps" in built:  # one or two phases, recorded before this format
+            earlier = [{"train_steps": built["train_steps"], "learning_rate": built.get("learning_rate"),
+                        "start": built.get("transformer_from") or "random"}]
+            if "continued_steps" in built:
+                earlier.append({"train_steps": built["continued_steps"],
+                                "learning_rate": built["continued_learning_rate"], "start": "the phase before"})
+        else:
+            earlier = [{"start": "a toy model built before training phases were recorded"}]
+    start = "random" if transformer_from is None else ("the phase before" if earlier[-1].get("train_steps")
+                                                       else "previous toy model")
+    return [*earlier, {"train_steps": steps, "learning_rate": learning_rate, "start": start}]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(ROOT / "framecap_core" / "toy_model"))
@@ -640,6 +670,11 @@ def main(argv=None) -> int:
                         "(transformer_from_previous) instead of a random one")
     parser.add_argument("--vae-decoder-steps", type=int, default=250,
                         help="decoder fine-tuning steps after growing the VAE into Wan2.1's layout")
+    parser.add_argument("--vae-robust-steps", type=int, default=1500,
+                        help="last, decoder-only steps on latents with noise added (--vae-latent-noise), so slightly "
+                        "wrong latents (the transformer's) still decode to clean toy frames")
+    parser.add_argument("--vae-latent-noise", type=float, default=0.25,
+                        help="largest noise standard deviation of those steps, in the diffusion model's units")
     parser.add_argument("--vae-from", help="the vae stage's first VAE (runs/.../vae_trained, same --seed and "
                         "--vae-*-steps) to reuse instead of training it again")
     args = parser.parse_args(argv)
@@ -685,6 +720,9 @@ def main(argv=None) -> int:
         mean = z.mean(dim=(0, 2, 3, 4)).tolist()
         std = z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3).tolist()
         adopt_latent_statistics(vae, mean, std, WAN_LATENTS_MEAN, WAN_LATENTS_STD)
+        if args.vae_robust_steps:  # the latent space is final: only the decoder learns, the encoder's latents stay
+            vae = train_vae(vae, steps_image=args.vae_robust_steps, steps_clip=0, seed=args.seed + 4,
+                            decoder_only=True, latent_noise=args.vae_latent_noise)
         vae.save_pretrained(work / "vae", safe_serialization=True)
         log(f"VAE ready in {time.time() - t0:.0f} s; measured latents mean {np.round(mean, 2)} std "
             f"{np.round(std, 2)}, mapped onto Wan2.1's")
@@ -719,8 +757,9 @@ def main(argv=None) -> int:
     transformer = load_exported_transformer(work / "train" / "framecap_transformer.safetensors")
     build = {"seed": args.seed, "clips": args.clips, "vae_image_steps": args.vae_image_steps,
              "vae_clip_steps": args.vae_clip_steps, "vae_decoder_steps": args.vae_decoder_steps,
-             "transformer_from": "previous toy model" if args.transformer_from else None,
-             "train_steps": args.train_steps, "learning_rate": args.learning_rate}
+             "vae_robust_steps": args.vae_robust_steps, "vae_latent_noise": args.vae_latent_noise,
+             "phases": training_phases(Path(args.transformer_from) if args.transformer_from else None,
+                                       args.train_steps, args.learning_rate)}
     save_folder(out, transformer=transformer, vae=vae, text_encoder=encoder, tokenizer=tokenizer, build=build)
     log(f"toy model written to {out} ({folder_size(out) / 1e6:.1f} MB) in {time.time() - t_all:.0f} s")
     return 0

@@ -63,6 +63,44 @@ def test_render_shapes_stay_inside_and_move():
     assert xs[-1] - xs[0] == pytest.approx(8 * tw.SPEED, abs=0.3)
 
 
+def test_a_long_moving_scene_slows_down_and_stays_whole_in_the_frame():
+    short, long = tw.ToyScene("circle", "red", "blue", "right", frames=49), tw.ToyScene(
+        "circle", "red", "blue", "right", frames=129)
+    assert short.speed == tw.SPEED  # every training clip and held-out story keeps its speed
+    assert long.speed == pytest.approx(tw.TRAVEL_RANGE / 128)
+    scene = tw.ToyScene("square", "white", "black", "right", frames=129, x=tw.MARGIN, y=30.0)
+    reads = tw.read_video_attributes(tw.render_story(tw.ToyStory([scene])))
+    assert all(r["shape"] == "square" for r in reads)  # whole to the end (it used to leave the frame at frame 54)
+    # 0.31 px per frame, just over the oracle's still threshold (0.4 SPEED = 0.3): most frames still read as moving
+    assert sum(r["motion"] == "right" for r in reads) >= 0.75 * len(reads)
+
+
+def _scene_video(shape: str, sizes: list[float]) -> np.ndarray:
+    """A still ``shape`` (yellow on green, centred) drawn at ``sizes[k]`` in frame ``k``."""
+    fg, bg = np.array(tw.COLOURS["yellow"], np.float32), np.array(tw.COLOURS["green"], np.float32)
+    frames = [np.round(bg * (1 - m) + fg * m).astype(np.uint8)
+              for m in (tw._shape_mask(shape, 32.0, 32.0, size=s)[..., None] for s in sizes)]
+    return np.stack(frames)
+
+
+def test_scene_hold_measures_identity_and_size_kept_over_a_long_scene():
+    still = tw.ToyStory([tw.ToyScene("square", "yellow", "green", "still", frames=64),
+                         tw.ToyScene("circle", "red", "blue", "still", frames=20)])  # too short: not counted
+    rendered = tw.render_story(still)
+    assert tw.scene_hold(rendered, still) == {"identity_hold": 1.0, "size_drift": 0.0}
+    # the square turns into a circle for the last 15 of the 60 frames counted (from frame 4): 45 / 60 held
+    changed = rendered.copy()
+    changed[49:64] = _scene_video("circle", [20.0] * 15)
+    assert tw.scene_hold(changed, still)["identity_hold"] == pytest.approx(45 / 60)
+    # the square shrinks from 20 to 14 pixels: 400 -> 196 mask pixels over the last 8 frames, a drift of 204 / 400
+    shrunk = rendered.copy()
+    shrunk[:64] = _scene_video("square", [20.0] * 56 + [14.0] * 8)
+    assert tw.scene_hold(shrunk, still)["size_drift"] == pytest.approx(204 / 400, abs=0.01)
+    assert np.isnan(tw.scene_hold(rendered[:20], tw.ToyStory([still.scenes[1]]))["identity_hold"])
+    with pytest.raises(ValueError, match="frames"):
+        tw.scene_hold(rendered[:10], still)
+
+
 @pytest.mark.parametrize("noise", [0.0, 25.0])
 def test_oracle_reads_clean_and_noisy_videos(noise):
     accs = [_accuracy(tw.render_story(tw.random_story(seed, num_frames=49)), tw.random_story(seed, num_frames=49),
