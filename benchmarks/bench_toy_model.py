@@ -13,6 +13,7 @@ build's data uses ``default_rng(seed)`` streams 0-2, the tests fixed stories or 
 
     python benchmarks/bench_toy_model.py                   # 24 stories, ~6 min on 2 cores
     python benchmarks/bench_toy_model.py --model runs/toy_build/candidate --stories 8 --first-seed 500   # tuning
+    python benchmarks/bench_toy_model.py --json new.json --compare old.json   # paired: same stories, two models
 """
 
 from __future__ import annotations
@@ -73,7 +74,15 @@ def main(argv=None) -> int:
     parser.add_argument("--first-seed", type=int, default=HELD_OUT_SEED)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", dest="json_out")
+    parser.add_argument("--compare", help="a --json file of another model on the same stories: also print the "
+                        "paired differences (this model - that one) with 95%% intervals")
     args = parser.parse_args(argv)
+    earlier = None
+    if args.compare:
+        earlier = json.loads(Path(args.compare).read_text())
+        if earlier["first_seed"] != args.first_seed or len(earlier["stories"]) != args.stories:
+            parser.error(f"{args.compare} has stories {earlier['first_seed']}.. ({len(earlier['stories'])}); this "
+                         f"run {args.first_seed}.. ({args.stories}): pairs need the same stories")
     torch.set_num_threads(args.threads)
     t0 = time.time()
     rows = []
@@ -94,6 +103,11 @@ def main(argv=None) -> int:
                             for k in keys) + " |")
     print("\ntargets: " + ", ".join(f"{k} >= {v}" for k, v in TARGETS.items()) + "; "
           + ("all met" if all(np.mean([r[k] for r in rows]) >= v for k, v in TARGETS.items()) else "NOT all met"))
+    if earlier is not None:
+        from framecap_core.metrics import format_paired_table
+
+        print(f"\nPaired differences, this model - {args.compare} (same stories), mean [95% interval]\n")
+        print(format_paired_table([("this - that", rows, earlier["stories"])], columns=[(k, k) for k in keys]))
     print(f"{time.time() - t0:.0f} s", file=sys.stderr)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"first_seed": args.first_seed, "stories": rows}, indent=1))
