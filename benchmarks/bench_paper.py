@@ -1,9 +1,15 @@
 """The paper's Tables 1 and 2 at toy scale, scored by the toy world's pixel oracle (mean ± std over seeds).
 
 Table 1 — video-level against frame-level prompting. "Video-level" is a toy transformer trained exactly like the
-bundled one (``training/finetune.py``, Diffusion Forcing) but with one caption per clip (the whole story as prose),
-and given the whole story at inference; "frame-level" is the bundled toy model with the story's timeline. Short
-videos are one training window (33 frames); long ones are 4x that (129 frames; ``--long-frames``), sampled with PMWD.
+bundled one's last phase (``training/finetune.py``, Diffusion Forcing; same clips, steps, learning rate and seed, and
+with ``--baseline-from`` the same start) but with one caption per clip (the whole story as prose), and given the
+whole story at inference; "frame-level" is the bundled toy model with the story's timeline. Short videos are one
+training window (33 frames); long ones are 4x that (129 frames; ``--long-frames``), sampled with PMWD. Both rows of a
+length use the same stories and seeds, so the script also prints their paired differences.
+
+Table 2b (``--hold-frames``) — the three samplers on stories of 2-3 long scenes (a quarter of the video or more),
+scored on how well each scene keeps, to its end, the shape's identity and size it started with
+(``toyworld.scene_hold``): the property in which an autoregressive sampler's error accumulates.
 
 Table 2 — PMWD against sequential sliding window and FIFO, long videos with frame-level prompts, bundled model, at
 each of ``--long-frames`` (e.g. 129 257 513). The three samplers run on the same story with the same seed, so besides
@@ -17,8 +23,9 @@ of each pixel to its nearest palette colour, 0..1) — toy frames are flat palet
 shows up as off-palette pixels.
 
     python benchmarks/bench_paper.py --seeds 3                # Table 2 (needs only the bundled model)
-    python benchmarks/bench_paper.py --seeds 3 --table1       # also trains the video-level baseline (as long as the toy build's training stage)
+    python benchmarks/bench_paper.py --seeds 3 --table1       # also trains the video-level baseline (as long as the toy build's last phase)
     python benchmarks/bench_paper.py --seeds 10 --long-frames 129 257 513   # Table 2 at 4x, 8x and 16x, paired
+    python benchmarks/bench_paper.py --seeds 10 --skip-table2 --hold-frames 513   # Table 2b only
     python benchmarks/bench_paper.py --json results.json
 """
 
@@ -194,6 +201,9 @@ def main(argv=None) -> int:
     for frames in [*args.long_frames, *args.hold_frames]:
         if frames < SHORT or (frames - 1) % 4:
             parser.error(f"--long-frames and --hold-frames must be 4k+1 and at least {SHORT}; got {frames}")
+    if any(frames < 193 for frames in args.hold_frames):
+        parser.error("--hold-frames needs at least 193 frames: scenes of a quarter of the video or more must reach "
+                     "the 48 frames toyworld.scene_hold measures")
     if args.table1 and args.skip_table2:
         parser.error("Table 1's long frame-level row is Table 2's PMWD row: --table1 needs Table 2")
     results: dict[str, dict] = {"table1": {}, "table2": {}, "table2b": {}}
@@ -253,6 +263,12 @@ def main(argv=None) -> int:
         results["table1"] = rows
         print("\nTable 1 (toy): video-level vs frame-level prompting\n")
         print(table(list(rows.items())))
+        if args.seeds >= 2:  # the same stories and seeds in both rows of a length: paired
+            names = list(rows)
+            print("\nPaired differences, frame-level − video-level (same story and seed), mean [95% interval]\n")
+            print(format_paired_table([("frame − video, short", rows[names[1]], rows[names[0]]),
+                                       (f"frame − video, {long_label}", rows[names[3]], rows[names[2]])],
+                                      columns=COLUMNS))
     print(f"\n{args.seeds} seeds, {time.time() - t0:.0f} s", file=sys.stderr)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=1))
