@@ -204,6 +204,9 @@ def main(argv=None) -> int:
     if any(frames < 193 for frames in args.hold_frames):
         parser.error("--hold-frames needs at least 193 frames: scenes of a quarter of the video or more must reach "
                      "the 48 frames toyworld.scene_hold measures")
+    if args.baseline_from and not (Path(args.baseline_from) / "transformer").is_dir():
+        parser.error(f"--baseline-from {args.baseline_from}: not a toy model folder (no transformer/ in it); the README "
+                     "gives the git archive command that makes it")
     if args.table1 and args.skip_table2:
         parser.error("Table 1's long frame-level row is Table 2's PMWD row: --table1 needs Table 2")
     results: dict[str, dict] = {"table1": {}, "table2": {}, "table2b": {}}

@@ -79,6 +79,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     earlier = None
     if args.compare:
+        if not Path(args.compare).is_file():
+            parser.error(f"--compare {args.compare}: no such file (write one with --json on the same stories)")
         earlier = json.loads(Path(args.compare).read_text())
         if earlier["first_seed"] != args.first_seed or len(earlier["stories"]) != args.stories:
             parser.error(f"{args.compare} has stories {earlier['first_seed']}.. ({len(earlier['stories'])}); this "

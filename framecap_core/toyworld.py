@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -484,7 +485,7 @@ def scene_hold(frames: Any, story: ToyStory, *, edge: int = 8, min_frames: int =
             continue
         readings = [read_frame_attributes(f) for f in arr[begin:end]]
         identity = [(r.shape, r.colour) for r in readings]
-        first = max(set(identity[:edge]), key=identity[:edge].count)
+        first = Counter(identity[:edge]).most_common(1)[0][0]  # ties: the earliest reading, in any process
         holds.append(float(np.mean([i == first for i in identity])))
         a_first = float(np.mean([r.area for r in readings[:edge]]))
         a_last = float(np.mean([r.area for r in readings[-edge:]]))
