@@ -4,10 +4,13 @@
         --out browser_check [--run framecap_timeline_to_video]
 
 Starts ComfyUI (``--cpu``, a free local port, this pack linked into a temporary custom_nodes folder, empty model
-folders), then for each workflow: loads it as the template browser does, records the missing-models dialog (which
-files it offers), whether the notes are on screen, the overlap widget's step and what a typed 33 becomes, and takes a
-screenshot. The thumbnails are fetched from ``/api/workflow_templates/framecap/<name>.jpg``. With ``--run`` one
-toy workflow is queued and the Save node's video element is checked. Writes ``<out>/report.json`` and PNGs.
+folders, a temporary user directory), then opens the template browser as a user does (the sidebar's Templates
+button), picks the "framecap" category, checks that every bundled workflow has a card, clicks one card and checks that
+the workflow it opens is the bundled one (``template_browser*.png``). Then for each workflow: loads it as the template
+browser does, records the missing-models dialog (which files it offers), whether the notes are on screen, the overlap
+widget's step and what a typed 33 becomes, and takes a screenshot. The thumbnails are fetched from
+``/api/workflow_templates/framecap/<name>.jpg``. With ``--run`` one toy workflow is queued (and is the card opened
+from the template browser) and the Save node's video element is checked. Writes ``<out>/report.json`` and PNGs.
 
 Needs ``pip install playwright`` and a Chromium (``--chromium``, default /usr/bin/chromium).
 """
@@ -40,12 +43,18 @@ def start_comfyui(comfy: Path, python: str, work: Path) -> tuple[subprocess.Pope
         os.symlink(ROOT, link, target_is_directory=True)
     (work / "extra_model_paths.yaml").write_text(
         f"framecap_check:\n  base_path: {work}\n  custom_nodes: custom_nodes/\n")
+    # A user directory of its own: the checkout's settings (whether the first-visit template dialog opens, saved
+    # workflows) neither change what the check sees nor get changed by it. The tutorial counts as done, so the page
+    # opens on the default graph and the check opens the template browser itself.
+    (work / "user" / "default").mkdir(parents=True, exist_ok=True)
+    (work / "user" / "default" / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
     port = _free_port()
     log = open(work / "comfyui.log", "w")
     server = subprocess.Popen(
         [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
          "--preview-method", "auto", "--extra-model-paths-config", str(work / "extra_model_paths.yaml"),
-         "--output-directory", str(work / "output"), "--temp-directory", str(work / "temp")],
+         "--output-directory", str(work / "output"), "--temp-directory", str(work / "temp"),
+         "--user-directory", str(work / "user")],
         cwd=comfy, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
@@ -92,6 +101,34 @@ INSPECT = """async (wf) => {
 }""".replace("__APP__", APP)
 
 
+TEMPLATE_TO_OPEN = "framecap_timeline_to_video"
+NODE_TYPES = f"() => {APP}.graph._nodes.map(n => n.type)"
+
+
+def browse_templates(page, out: Path, stem: str) -> dict:
+    """What a user gets from the template browser: the sidebar's Templates button, the pack's category under
+    "Custom Nodes" (named after its custom_nodes folder, here ``framecap``), one card per bundled workflow; clicking
+    a card opens that workflow in a new tab."""
+    page.get_by_role("button", name="Templates", exact=True).first.click(timeout=10_000)
+    dialog = page.get_by_role("dialog").filter(has=page.get_by_role("option", name="framecap", exact=True))
+    dialog.get_by_role("option", name="framecap", exact=True).click(timeout=10_000)
+    cards = dialog.locator("[data-testid^='template-workflow-']")
+    cards.first.wait_for(timeout=10_000)
+    page.wait_for_timeout(2000)  # the thumbnails
+    page.screenshot(path=str(out / "template_browser.png"))
+    shown = [c.get_attribute("data-testid").removeprefix("template-workflow-") for c in cards.all()]
+    bundled = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
+    dialog.locator(f"[data-testid='template-workflow-{stem}']").click(timeout=10_000)
+    expected = sorted(n["type"] for n in json.loads((ROOT / "workflows" / f"{stem}.json").read_text())["nodes"])
+    page.wait_for_function(f"() => {APP}.graph._nodes.some(n => n.type.startsWith('FrameCap'))", timeout=30_000)
+    page.wait_for_timeout(2000)
+    page.screenshot(path=str(out / "template_browser_opened.png"))
+    opened = sorted(page.evaluate(NODE_TYPES))
+    return {"cards": shown, "missing_cards": [b for b in bundled if b not in shown], "opened": stem,
+            "opened_nodes": opened, "opened_matches_file": opened == expected,
+            "dialog_closed": not dialog.is_visible()}
+
+
 def check(args) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -107,12 +144,10 @@ def check(args) -> dict:
             page.goto(url)
             page.wait_for_function(READY, timeout=300_000)
             page.wait_for_timeout(3000)
-            # The template browser opens on a first visit: its "framecap" category shows the workflows' cards.
             try:
-                page.get_by_text("framecap", exact=True).first.click(timeout=10_000)
-                page.wait_for_timeout(3000)
-                page.screenshot(path=str(out / "template_browser.png"))
-            except Exception as exc:  # noqa: BLE001 - a frontend without the first-visit dialog
+                report["template_browser"] = browse_templates(page, out, args.run or TEMPLATE_TO_OPEN)
+            except Exception as exc:  # noqa: BLE001 - recorded, the per-workflow checks still run
+                page.screenshot(path=str(out / "template_browser_failed.png"))
                 report["template_browser"] = f"not shown: {exc}"
             page.keyboard.press("Escape")
             page.wait_for_timeout(1000)
