@@ -628,10 +628,11 @@ def load_exported_transformer(export: Path):
     return model.eval()
 
 
-def training_phases(transformer_from: Path | None, steps: int, learning_rate: float) -> list[dict]:
+def training_phases(transformer_from: Path | None, steps: int, learning_rate: float, clips: int) -> list[dict]:
     """The transformer's training history for ``framecap.json``: the phases of the model it started from (read from
     that folder's ``framecap.json``; none for a random start, one "previous toy model" phase for a model built before
-    phases were recorded) and this one."""
+    phases were recorded) and this one. Each phase says on how many clips it trained (phases recorded before that
+    field existed trained on the clips their build recorded)."""
     from framecap_core.model_settings import read_model_settings
 
     earlier: list[dict] = []
@@ -647,9 +648,11 @@ def training_phases(transformer_from: Path | None, steps: int, learning_rate: fl
                                 "learning_rate": built["continued_learning_rate"], "start": "the phase before"})
         else:
             earlier = [{"start": "a toy model built before training phases were recorded"}]
+        if "clips" in built:
+            earlier = [p if "clips" in p or "train_steps" not in p else {**p, "clips": built["clips"]} for p in earlier]
     start = "random" if transformer_from is None else ("the phase before" if earlier[-1].get("train_steps")
                                                        else "previous toy model")
-    return [*earlier, {"train_steps": steps, "learning_rate": learning_rate, "start": start}]
+    return [*earlier, {"train_steps": steps, "learning_rate": learning_rate, "clips": clips, "start": start}]
 
 
 def main(argv=None) -> int:
@@ -659,7 +662,8 @@ def main(argv=None) -> int:
     parser.add_argument("--stage", choices=STAGES, default="tokenizer", help="start at this stage")
     parser.add_argument("--until", choices=STAGES, default=STAGES[-1], help="stop after this stage")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--clips", type=int, default=512)
+    parser.add_argument("--clips", type=int, default=512, help="toy clips the transformer trains on: the first N of "
+                        "one seeded stream, so a larger N keeps a smaller one's clips")
     parser.add_argument("--vae-image-steps", type=int, default=3000)
     parser.add_argument("--vae-clip-steps", type=int, default=0)
     parser.add_argument("--train-steps", type=int, default=3000)
@@ -759,7 +763,7 @@ def main(argv=None) -> int:
              "vae_clip_steps": args.vae_clip_steps, "vae_decoder_steps": args.vae_decoder_steps,
              "vae_robust_steps": args.vae_robust_steps, "vae_latent_noise": args.vae_latent_noise,
              "phases": training_phases(Path(args.transformer_from) if args.transformer_from else None,
-                                       args.train_steps, args.learning_rate)}
+                                       args.train_steps, args.learning_rate, args.clips)}
     save_folder(out, transformer=transformer, vae=vae, text_encoder=encoder, tokenizer=tokenizer, build=build)
     log(f"toy model written to {out} ({folder_size(out) / 1e6:.1f} MB) in {time.time() - t_all:.0f} s")
     return 0

@@ -79,3 +79,19 @@ def test_toy_config_fine_tune_lowers_held_out_loss(tmp_path):
         torch.set_num_threads(threads)
     assert result.step == STEPS
     assert after < before, (before, after)
+
+
+def test_training_phases_carry_the_history_and_the_clips(tmp_path):
+    """``framecap.json`` of a rebuilt toy model lists every phase its transformer went through, each with the clips
+    it trained on: phases written before that field take their build's clip count."""
+    import json
+
+    phases = _build_script().training_phases
+    assert phases(None, 300, 1e-3, 64) == [{"train_steps": 300, "learning_rate": 1e-3, "clips": 64, "start": "random"}]
+    earlier = [{"train_steps": 3000, "learning_rate": 1e-3, "start": "previous toy model"},
+               {"train_steps": 1000, "learning_rate": 7e-4, "clips": 256, "start": "the phase before"}]
+    (tmp_path / "framecap.json").write_text(json.dumps({"build": {"clips": 512, "phases": earlier}}))
+    assert phases(tmp_path, 6000, 5e-4, 2048) == [
+        {"train_steps": 3000, "learning_rate": 1e-3, "clips": 512, "start": "previous toy model"},
+        {"train_steps": 1000, "learning_rate": 7e-4, "clips": 256, "start": "the phase before"},
+        {"train_steps": 6000, "learning_rate": 5e-4, "clips": 2048, "start": "the phase before"}]
