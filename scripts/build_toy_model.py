@@ -472,9 +472,11 @@ def write_manifest(stories: list[tw.ToyStory], path: Path, seed: int) -> None:
             ))
 
 
-def write_cache(stories, cache_dir: Path, vae, encoder, tokenizer, *, global_captions: bool = False) -> None:
+def write_cache(stories, cache_dir: Path, vae, encoder, tokenizer, *, global_captions: bool = False,
+                captions_from=None) -> None:
     """Latent cache of ``stories`` with frame-level captions (or, ``global_captions``, the whole story as one caption
-    for every latent: the video-level baseline)."""
+    for every latent: the video-level baseline). ``captions_from``: other stories, one per story with the same scene
+    lengths, whose captions go with these videos (wrong captions on purpose, to measure what a word is worth)."""
     from framecap_core.backend import normalize_latents
     from framecap_core.data import CacheWriter
     from framecap_core.text import encode_captions
@@ -490,9 +492,10 @@ def write_cache(stories, cache_dir: Path, vae, encoder, tokenizer, *, global_cap
             z = vae_latents(vae, np.stack([tw.render_story(s) for s in chunk]))
             for j, story in enumerate(chunk):
                 latents = normalize_latents(z[j], mean, std, channel_dim=0)
-                timeline: Timeline = story.timeline()
+                told = story if captions_from is None else captions_from[i + j]
+                timeline: Timeline = told.timeline()
                 if global_captions:
-                    unique, index = [tw.story_text(story)], [0] * timeline.num_latents
+                    unique, index = [tw.story_text(told)], [0] * timeline.num_latents
                 else:
                     unique, index = timeline.unique_captions(), timeline.latent_unique_indices()
                 text = encode_captions(encoder, tokenizer, unique, text_len=text_len)

@@ -95,3 +95,40 @@ def test_training_phases_carry_the_history_and_the_clips(tmp_path):
         {"train_steps": 3000, "learning_rate": 1e-3, "clips": 512, "start": "previous toy model"},
         {"train_steps": 1000, "learning_rate": 7e-4, "clips": 256, "start": "the phase before"},
         {"train_steps": 6000, "learning_rate": 5e-4, "clips": 2048, "start": "the phase before"}]
+
+
+def test_caption_word_benchmark_swaps_one_word_and_keeps_the_videos(tmp_path):
+    """``bench_toy_caption_words.py`` compares losses on the same videos told with one attribute swapped: the swap
+    changes exactly that attribute in every scene (never a shape the background's colour), and the cache written
+    with ``captions_from`` holds the same latents under the swapped captions."""
+    import numpy as np
+
+    from framecap_core import toyworld as tw
+    from framecap_core.data import LatentCache
+    from framecap_core.models import load_wan
+
+    spec = importlib.util.spec_from_file_location("framecap_bench_words", REPO / "benchmarks" / "bench_toy_caption_words.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    build = _build_script()
+    stories = [tw.random_story(seed, num_frames=build.CLIP_FRAMES, num_scenes=(1, 4)) for seed in (31_000, 31_001)]
+    rng = np.random.default_rng(0)
+    for attribute in bench.OPTIONS:
+        for story in stories:
+            swapped = bench.swap_attribute(story, attribute, rng)
+            for old, new in zip(story.scenes, swapped.scenes, strict=True):
+                changed = {k for k in tw.ATTRIBUTES if getattr(old, k) != getattr(new, k)}
+                assert changed == {attribute} and new.colour != new.background and new.frames == old.frames
+    if not (REPO / "framecap_core" / "toy_model" / "model_index.json").is_file():
+        pytest.skip("toy model not built (scripts/build_toy_model.py)")
+    model = load_wan("toy", device="cpu", dtype="fp32")
+    told = [bench.swap_attribute(s, "motion", rng) for s in stories]
+    with torch.no_grad():
+        build.write_cache(stories, tmp_path / "true", model.vae, model.text_encoder, model.tokenizer)
+        build.write_cache(stories, tmp_path / "swapped", model.vae, model.text_encoder, model.tokenizer,
+                          captions_from=told)
+    true, swapped = LatentCache(tmp_path / "true"), LatentCache(tmp_path / "swapped")
+    for i, story in enumerate(told):
+        assert torch.equal(true[i]["latents"], swapped[i]["latents"])
+        assert swapped.meta[swapped.clip_ids[i]]["captions"] == [s.caption for s in story.scenes]
+        assert not torch.equal(true[i]["text"], swapped[i]["text"])
