@@ -36,8 +36,7 @@ sys.path.insert(0, str(ROOT))
 from framecap_core import toyworld as tw  # noqa: E402
 
 FIRST_SEED = 31_000
-OPTIONS = {"shape": list(tw.SHAPES), "colour": list(tw.COLOURS), "background": list(tw.BACKGROUNDS),
-           "motion": list(tw.MOTIONS)}
+OPTIONS = tw.ATTRIBUTE_VALUES
 
 
 def _build_script():

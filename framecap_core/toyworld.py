@@ -37,6 +37,7 @@ from .grid import latent_start_frame, num_latents_for_frames
 from .timeline import Scene, Timeline
 
 __all__ = [
+    "ATTRIBUTE_VALUES",
     "BACKGROUNDS",
     "COLOURS",
     "FRAME_SIZE",
@@ -83,6 +84,8 @@ MOTIONS: dict[str, tuple[float, float]] = {  # (dx, dy) per frame, y grows downw
     "still": (0.0, 0.0),
 }
 ATTRIBUTES = ("shape", "colour", "background", "motion")
+ATTRIBUTE_VALUES: dict[str, list[str]] = {"shape": list(SHAPES), "colour": list(COLOURS), "background": list(BACKGROUNDS),
+                                      "motion": list(MOTIONS)}
 
 # Every word a toy caption uses (the toy tokenizer's vocabulary); other words are dropped by the toy tokenizer.
 TOY_WORDS = tuple(dict.fromkeys(
@@ -504,7 +507,7 @@ def attribute_agreement(read: dict[str, str | None], truth: dict[str, str | None
 # Oracle embedder
 # --------------------------------------------------------------------------------------------------------------------
 
-_BLOCKS = {"shape": list(SHAPES), "colour": list(COLOURS), "background": list(BACKGROUNDS), "motion": list(MOTIONS)}
+_BLOCKS = ATTRIBUTE_VALUES
 _OFFSETS = {}
 _dim = 1  # component 0 is the constant
 for _k, _v in _BLOCKS.items():

@@ -493,6 +493,8 @@ def write_cache(stories, cache_dir: Path, vae, encoder, tokenizer, *, global_cap
             for j, story in enumerate(chunk):
                 latents = normalize_latents(z[j], mean, std, channel_dim=0)
                 told = story if captions_from is None else captions_from[i + j]
+                if [sc.frames for sc in told.scenes] != [sc.frames for sc in story.scenes]:
+                    raise ValueError(f"captions_from[{i + j}] has other scene lengths than the story it tells")
                 timeline: Timeline = told.timeline()
                 if global_captions:
                     unique, index = [tw.story_text(told)], [0] * timeline.num_latents

@@ -127,6 +127,9 @@ def test_caption_word_benchmark_swaps_one_word_and_keeps_the_videos(tmp_path):
         build.write_cache(stories, tmp_path / "true", model.vae, model.text_encoder, model.tokenizer)
         build.write_cache(stories, tmp_path / "swapped", model.vae, model.text_encoder, model.tokenizer,
                           captions_from=told)
+        with pytest.raises(ValueError, match="other scene lengths"):
+            build.write_cache(stories, tmp_path / "wrong", model.vae, model.text_encoder, model.tokenizer,
+                              captions_from=told[::-1])
     true, swapped = LatentCache(tmp_path / "true"), LatentCache(tmp_path / "swapped")
     for i, story in enumerate(told):
         assert torch.equal(true[i]["latents"], swapped[i]["latents"])
