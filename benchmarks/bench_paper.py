@@ -131,10 +131,10 @@ def bundled_build() -> dict:
 
 
 def train_video_level(work: Path, steps: int, clips: int, threads: int, seed: int = 0, *,
-                      start_from: Path | None = None, learning_rate: float = 1e-3) -> Path:
+                      start_from: Path | None = None, learning_rate: float = 1e-3, grow: str | None = None) -> Path:
     """The video-level baseline: the toy build's data and training, one caption (the story) per clip. From a random
     transformer, or (``start_from``, a toy model folder) from the transformer the bundled model's last training phase
-    started from, so the two differ only in the captions of that phase."""
+    started from, grown as that phase grew it (``grow``), so the two differ only in the captions of that phase."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import build_toy_model as build
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
@@ -143,6 +143,7 @@ def train_video_level(work: Path, steps: int, clips: int, threads: int, seed: in
     from framecap_core.models import TOY_MODEL_DIR
 
     start = f"_from_{start_from.resolve().parent.name}_{start_from.name}" if start_from else ""
+    start += f"_grown_{grow}" if grow else ""
     out = f"video_level_seed{seed}_{clips}clips_{steps}steps_lr{learning_rate:g}{start}"  # a finished run is reused
     export = work / out / "framecap_transformer.safetensors"
     if export.is_file():
@@ -158,6 +159,8 @@ def train_video_level(work: Path, steps: int, clips: int, threads: int, seed: in
               if not k.startswith("_")}
     if start_from:
         transformer = WanTransformer3DModel.from_pretrained(str(start_from / "transformer")).eval()
+        if grow:
+            transformer = build.grow_transformer(transformer, grow, seed)
     else:
         transformer = build.make_transformer(seed, **config)
     build.save_folder(work / "base", transformer=transformer, vae=vae, text_encoder=enc, tokenizer=tok,
@@ -248,9 +251,10 @@ def main(argv=None) -> int:
         built = bundled_build()
         last_phase = (built.get("phases") or [built])[-1]
         export = train_video_level(Path(args.work), args.train_steps or last_phase["train_steps"],
-                                   args.clips or built["clips"], args.threads, built["seed"],
-                                   start_from=Path(args.baseline_from) if args.baseline_from else None,
-                                   learning_rate=args.learning_rate or last_phase["learning_rate"])
+                                   args.clips or last_phase.get("clips", built["clips"]), args.threads,
+                                   built["seed"], start_from=Path(args.baseline_from) if args.baseline_from else None,
+                                   learning_rate=args.learning_rate or last_phase["learning_rate"],
+                                   grow=last_phase.get("grow"))
         video_model = load_wan("toy", checkpoint=export, text_len=4 * 16, device="cpu")
         short_stories = [story_for(s, SHORT, (2, 3)) for s in range(args.seeds)]
         def runs(model, stories, video_level: bool):

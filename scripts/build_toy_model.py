@@ -26,7 +26,9 @@ Stages (each a function below; ``--stage`` starts at one and reuses what is on d
 4. ``data``: toy stories rendered into clips of 49 frames (13 latents), a manifest (JSON Lines, one clip per line)
    and the latent cache (``framecap_core.data.CacheWriter``: normalized latents and the clips' caption embeddings).
 5. ``train``: ``training/finetune.py`` (Diffusion Forcing, frame-level captions) from a random transformer, or from a
-   previous toy model's (``--transformer-from``, :func:`transformer_from_previous`).
+   previous toy model's (``--transformer-from``, :func:`transformer_from_previous`), optionally grown first into a
+   wider or deeper one that computes the same (``--grow``, :func:`grow_transformer`; done in the ``data`` stage,
+   which writes the folder training starts from).
 6. ``assemble``: the diffusers folder (``model_index.json``, transformer, vae, text_encoder, tokenizer, scheduler,
    ``framecap.json``), safetensors only.
 
@@ -537,11 +539,83 @@ def make_transformer(seed: int = 0, **overrides):
     return WanTransformer3DModel(**{**TRANSFORMER_CONFIG, **overrides})
 
 
+GROWTHS = ("wide", "deep")
+ARCHITECTURE_KEYS = ("num_attention_heads", "ffn_dim", "num_layers")  # what grow_transformer changes
+
+
+@torch.no_grad()
+def grow_transformer(model, how: str, seed: int = 0, symmetry_noise: float = 0.01):
+    """A larger transformer that computes what ``model`` computes, so training goes on from what it learned.
+
+    ``"wide"``: twice the heads (of the same ``attention_head_dim``, so ComfyUI's ``num_heads = dim // 128`` still
+    holds) and twice ``ffn_dim``. Every hidden vector ``x`` [dim] becomes ``[x, x]`` [2 dim]: a linear layer's input
+    columns are repeated and halved (``W x = [W/2, W/2] [x, x]``), its output rows repeated; layer norms and the
+    across-heads RMS norm of ``[x, x]`` are those of ``x`` repeated; each new head is a copy of an old one, whose
+    attention is the same. Copies get equal gradients and would stay equal, so the blocks' weights then get noise of
+    ``symmetry_noise`` times their standard deviation (seeded; the output moves by about 1% of its scale).
+    ``"deep"``: twice the blocks; after each block a copy of it whose output projections (self- and cross-attention
+    ``to_out``, the feed-forward's last layer) are zero, so it adds nothing to the residual stream until trained.
+    Exact (up to float rounding) before the noise; ``tests/test_toy_finetune.py`` checks it."""
+    from diffusers import WanTransformer3DModel
+
+    if how not in GROWTHS:
+        raise ValueError(f"grow must be one of {GROWTHS}, not {how!r}")
+    config = {k: v for k, v in model.config.items() if not k.startswith("_")}
+    src, out = model.state_dict(), {}
+    dim = config["num_attention_heads"] * config["attention_head_dim"]
+    if how == "deep":
+        config["num_layers"] *= 2
+        for key, value in src.items():
+            if not key.startswith("blocks."):
+                out[key] = value
+                continue
+            _, index, rest = key.split(".", 2)
+            out[f"blocks.{2 * int(index)}.{rest}"] = value
+            silent = rest.startswith(("attn1.to_out.", "attn2.to_out.", "ffn.net.2."))
+            out[f"blocks.{2 * int(index) + 1}.{rest}"] = torch.zeros_like(value) if silent else value.clone()
+    else:
+        config["num_attention_heads"] *= 2
+        config["ffn_dim"] *= 2
+
+        def rows(w):  # the output repeated: y -> [y, y]
+            return torch.cat([w, w], 0)
+
+        def columns(w):  # the input read from [x, x]
+            return torch.cat([w / 2, w / 2], 1)
+
+        for key, value in src.items():
+            if key.endswith("scale_shift_table"):  # [1, n, dim] modulation: per hidden unit
+                out[key] = torch.cat([value, value], -1)
+            elif key.startswith("condition_embedder.time_proj."):  # [6 dim, dim]: six modulations of dim each
+                six = (columns(value) if value.dim() == 2 else value).view(6, dim, -1)
+                out[key] = torch.cat([six, six], 1).reshape(12 * dim, -1).squeeze(-1)
+            elif key.startswith("proj_out."):  # to the latent patches: input only
+                out[key] = columns(value) if key.endswith("weight") else value
+            elif key in ("patch_embedding.weight", "condition_embedder.time_embedder.linear_1.weight",
+                         "condition_embedder.text_embedder.linear_1.weight"):  # from outside the hidden width
+                out[key] = rows(value)
+            elif value.dim() == 1:  # biases, norm gains: per hidden unit
+                out[key] = rows(value)
+            elif value.dim() == 2:  # hidden -> hidden (attention, feed-forward, embedder second layers)
+                out[key] = rows(columns(value))
+            else:
+                raise ValueError(f"grow_transformer does not know how to widen {key} {tuple(value.shape)}")
+    grown = WanTransformer3DModel(**config).eval()
+    grown.load_state_dict(out, strict=True)
+    if how == "wide" and symmetry_noise:
+        generator = torch.Generator().manual_seed(seed)
+        for name, p in grown.named_parameters():
+            if name.startswith("blocks.") and p.dim() >= 2:
+                p.add_(torch.randn(p.shape, generator=generator) * p.std() * symmetry_noise)
+    return grown
+
+
 @torch.no_grad()
 def transformer_from_previous(folder: Path, encoder, tokenizer, seed: int = 0):
     """A start for the transformer from a previous toy model (``folder``: 4 heads of 32, freq_dim 64, text_dim 32,
     8 latent channels, a random text encoder), so a rebuild need not learn to draw toy frames again; or from a model
-    in the current shapes and text encoder, which is then copied exactly (to continue its training). Mapped exactly:
+    in the current shapes and text encoder, which is then copied exactly, in its own width and depth (to continue
+    its training; it may have been grown, :func:`grow_transformer`). Mapped exactly:
     the timestep frequencies (the sinusoid of index i over 32 frequencies is index 4i over 128), the latent channels
     (:func:`widen_latent_channels` repeats each one: the input weights are halved over the copies, the output rows
     repeated) and everything of the same shape. Not exact: one head of 128 instead of four of 32 (same projections,
@@ -554,7 +628,9 @@ def transformer_from_previous(folder: Path, encoder, tokenizer, seed: int = 0):
     from framecap_core.text import encode_captions
 
     old = WanTransformer3DModel.from_pretrained(str(folder / "transformer")).eval()
-    new = make_transformer(seed)
+    # a model in the current shapes keeps its own width and depth (it may have been grown: grow_transformer)
+    current = old.config.attention_head_dim == HEAD_DIM and old.config.in_channels == LATENT_CHANNELS
+    new = make_transformer(seed, **({k: old.config[k] for k in ARCHITECTURE_KEYS} if current else {}))
     src, out = old.state_dict(), new.state_dict()
     for key, value in src.items():
         if key in out and out[key].shape == value.shape:
@@ -621,10 +697,14 @@ def run_finetune(config_path: Path, threads: int) -> None:
     subprocess.run(cmd, check=True, env=env)
 
 
-def load_exported_transformer(export: Path):
+def load_exported_transformer(export: Path, base: Path):
+    """The trained transformer (``export``) in the shapes of the one training started from (``base``, a model
+    folder: the toy config, or a grown one)."""
+    from diffusers import WanTransformer3DModel
     from safetensors.torch import load_file
 
-    model = make_transformer()
+    config = WanTransformer3DModel.load_config(str(base / "transformer"))
+    model = make_transformer(**{k: config[k] for k in ARCHITECTURE_KEYS})
     state = load_file(str(export))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -633,11 +713,13 @@ def load_exported_transformer(export: Path):
     return model.eval()
 
 
-def training_phases(transformer_from: Path | None, steps: int, learning_rate: float, clips: int) -> list[dict]:
+def training_phases(transformer_from: Path | None, steps: int, learning_rate: float, clips: int,
+                    grow: str | None = None) -> list[dict]:
     """The transformer's training history for ``framecap.json``: the phases of the model it started from (read from
     that folder's ``framecap.json``; none for a random start, one "previous toy model" phase for a model built before
     phases were recorded) and this one. Each phase says on how many clips it trained (phases recorded before that
-    field existed trained on the clips their build recorded)."""
+    field existed trained on the clips their build recorded) and, when it grew the transformer first, how
+    (``grow``)."""
     from framecap_core.model_settings import read_model_settings
 
     earlier: list[dict] = []
@@ -657,7 +739,8 @@ def training_phases(transformer_from: Path | None, steps: int, learning_rate: fl
             earlier = [p if "clips" in p or "train_steps" not in p else {**p, "clips": built["clips"]} for p in earlier]
     start = "random" if transformer_from is None else ("the phase before" if earlier[-1].get("train_steps")
                                                        else "previous toy model")
-    return [*earlier, {"train_steps": steps, "learning_rate": learning_rate, "clips": clips, "start": start}]
+    phase = {"train_steps": steps, "learning_rate": learning_rate, "clips": clips, "start": start}
+    return [*earlier, {**phase, "grow": grow} if grow else phase]
 
 
 def main(argv=None) -> int:
@@ -677,6 +760,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--transformer-from", help="a previous toy model folder to start the transformer from "
                         "(transformer_from_previous) instead of a random one")
+    parser.add_argument("--grow", choices=GROWTHS, help="make the starting transformer larger before training, "
+                        "computing what it computed (grow_transformer): wide = twice the heads and feed-forward, "
+                        "deep = twice the blocks")
     parser.add_argument("--vae-decoder-steps", type=int, default=250,
                         help="decoder fine-tuning steps after growing the VAE into Wan2.1's layout")
     parser.add_argument("--vae-robust-steps", type=int, default=1500,
@@ -749,6 +835,8 @@ def main(argv=None) -> int:
         write_cache(stories, work / "cache", vae, encoder, tokenizer)
         start_from = (transformer_from_previous(Path(args.transformer_from), encoder, tokenizer, args.seed)
                       if args.transformer_from else make_transformer(args.seed))
+        if args.grow:
+            start_from = grow_transformer(start_from, args.grow, args.seed)
         save_folder(work / "base", transformer=start_from, vae=vae, text_encoder=encoder, tokenizer=tokenizer)
         log(f"dataset of {len(stories)} clips cached in {time.time() - t0:.0f} s")
 
@@ -763,12 +851,12 @@ def main(argv=None) -> int:
     if last < STAGES.index("assemble"):
         return 0
     # 6. the bundled folder
-    transformer = load_exported_transformer(work / "train" / "framecap_transformer.safetensors")
+    transformer = load_exported_transformer(work / "train" / "framecap_transformer.safetensors", work / "base")
     build = {"seed": args.seed, "clips": args.clips, "vae_image_steps": args.vae_image_steps,
              "vae_clip_steps": args.vae_clip_steps, "vae_decoder_steps": args.vae_decoder_steps,
              "vae_robust_steps": args.vae_robust_steps, "vae_latent_noise": args.vae_latent_noise,
              "phases": training_phases(Path(args.transformer_from) if args.transformer_from else None,
-                                       args.train_steps, args.learning_rate, args.clips)}
+                                       args.train_steps, args.learning_rate, args.clips, args.grow)}
     save_folder(out, transformer=transformer, vae=vae, text_encoder=encoder, tokenizer=tokenizer, build=build)
     log(f"toy model written to {out} ({folder_size(out) / 1e6:.1f} MB) in {time.time() - t_all:.0f} s")
     return 0

@@ -97,6 +97,43 @@ def test_training_phases_carry_the_history_and_the_clips(tmp_path):
         {"train_steps": 6000, "learning_rate": 5e-4, "clips": 2048, "start": "the phase before"}]
 
 
+@pytest.mark.parametrize("how", ["wide", "deep"])
+def test_grown_transformer_computes_what_it_grew_from(how):
+    """``grow_transformer`` keeps the function (before the wide copies' symmetry-breaking noise) and doubles what it
+    says: heads of the same size and the feed-forward (wide), or the blocks (deep)."""
+    build = _build_script()
+    small = build.make_transformer(3, num_attention_heads=2, attention_head_dim=8, ffn_dim=24, num_layers=2,
+                                   text_dim=32, freq_dim=16).eval()
+    with torch.no_grad():  # non-zero everywhere, so every copied or zeroed weight shows in the output
+        for p in small.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    torch.manual_seed(0)
+    latents, timestep = torch.randn(2, 16, 3, 4, 4), torch.tensor([250.0, 900.0])
+    text = torch.randn(2, 5, 32)
+    grown = build.grow_transformer(small, how, symmetry_noise=0.0)
+    with torch.no_grad():
+        expected = small(latents, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
+        got = grown(latents, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=2e-5)
+    config = grown.config
+    assert config.attention_head_dim == 8
+    assert (config.num_attention_heads, config.ffn_dim, config.num_layers) == {"wide": (4, 48, 2),
+                                                                                "deep": (2, 24, 4)}[how]
+    noisy = build.grow_transformer(small, how, seed=1)  # the default: wide copies made unequal, deep stays exact
+    with torch.no_grad():
+        moved = noisy(latents, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0] - expected
+    assert (moved.abs().max() > 1e-4) == (how == "wide")
+    assert moved.abs().max() < 0.1 * expected.abs().max()
+    with pytest.raises(ValueError, match="grow must be one of"):
+        build.grow_transformer(small, "tall")
+
+
+def test_training_phases_record_a_growth(tmp_path):
+    phases = _build_script().training_phases
+    assert phases(None, 300, 1e-3, 64, "wide") == [
+        {"train_steps": 300, "learning_rate": 1e-3, "clips": 64, "start": "random", "grow": "wide"}]
+
+
 def test_caption_word_benchmark_swaps_one_word_and_keeps_the_videos(tmp_path):
     """``bench_toy_caption_words.py`` compares losses on the same videos told with one attribute swapped: the swap
     changes exactly that attribute in every scene (never a shape the background's colour), and the cache written
