@@ -521,6 +521,10 @@ def save_folder(folder: Path, *, transformer, vae, text_encoder, tokenizer, text
     pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
                        transformer=transformer)
     pipe.save_pretrained(str(folder), safe_serialization=True)
+    for config in folder.glob("*/config.json"):  # a part loaded from disk records that path: not the model's business
+        values = json.loads(config.read_text())
+        if values.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
     settings = {
         "text_len": text_len, "fps": 16, "defaults": GENERATION_DEFAULTS,
         "toy_world": {"frame_size": tw.FRAME_SIZE, "words": list(tw.TOY_WORDS)},
