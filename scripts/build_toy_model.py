@@ -777,11 +777,14 @@ def main(argv=None) -> int:
     parser.add_argument("--vae-from", help="the vae stage's first VAE (runs/.../vae_trained, same --seed and "
                         "--vae-*-steps) to reuse instead of training it again")
     args = parser.parse_args(argv)
+    first, last = STAGES.index(args.stage), STAGES.index(args.until)
+    if args.grow and not first <= STAGES.index("data") <= last:
+        parser.error("--grow takes effect in the data stage (it writes the folder training starts from); start at "
+                     "--stage data or earlier, or leave out --grow")
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
-    first, last = STAGES.index(args.stage), STAGES.index(args.until)
 
     def runs(stage: str) -> bool:
         return first <= STAGES.index(stage) <= last

@@ -128,10 +128,18 @@ def test_grown_transformer_computes_what_it_grew_from(how):
         build.grow_transformer(small, "tall")
 
 
-def test_training_phases_record_a_growth(tmp_path):
+def test_training_phases_record_a_growth():
     phases = _build_script().training_phases
     assert phases(None, 300, 1e-3, 64, "wide") == [
         {"train_steps": 300, "learning_rate": 1e-3, "clips": 64, "start": "random", "grow": "wide"}]
+
+
+def test_grow_outside_the_data_stage_is_refused_in_one_line(capsys):
+    """--grow acts in the data stage; a run that skips it would record a growth that never happened."""
+    with pytest.raises(SystemExit) as stop:
+        _build_script().main(["--stage", "train", "--grow", "deep", "--work", "unused"])
+    assert stop.value.code == 2
+    assert "--grow takes effect in the data stage" in capsys.readouterr().err
 
 
 def test_caption_word_benchmark_swaps_one_word_and_keeps_the_videos(tmp_path):
