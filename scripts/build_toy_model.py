@@ -95,7 +95,7 @@ TEXT_CONFIG = dict(
     tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
 )
 GENERATION_DEFAULTS = {  # framecap.json "defaults": what `framecap generate --model toy` uses unless overridden
-    "width": 64, "height": 64, "window": 4 * (WINDOW_LATENTS - 1) + 1, "overlap": 16, "steps": 16,
+    "width": 64, "height": 64, "window": 4 * (WINDOW_LATENTS - 1) + 1, "overlap": 16, "steps": 32,
     "guidance": 5.0, "shift": 3.0, "seconds": 4.0, "negative": "",
 }
 
