@@ -282,6 +282,6 @@ def test_main_command_changes_scene_with_the_story(main_command_reading):
 @pytest.mark.slow
 def test_main_command_draws_every_attribute_of_most_scenes(main_command_reading):
     """The strict reading: in most scenes the shape, its colour and the background are all right in most frames (the
-    bundled model: scenes 2 and 3 in every inner frame; scene 1's circle in about half of them)."""
+    bundled model: scenes 2 and 3 in every inner frame; scene 1's circle seldom reads as a circle)."""
     agree = [min(s.values()) >= 0.6 for s in main_command_reading]
     assert sum(agree) >= 2, main_command_reading
