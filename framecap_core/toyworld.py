@@ -61,7 +61,8 @@ __all__ = [
 
 FRAME_SIZE = 64
 SHAPE_SIZE = 20  # bounding box side in pixels
-SPEED = 0.75  # pixels per frame for a moving shape
+SPEED = 1.5  # pixels per frame for a moving shape: 6 a latent frame, a third of the shape
+STILL_SPEED = 0.3  # the oracle reads a slower centroid track as still (a 129-frame scene still moves 0.31)
 MARGIN = SHAPE_SIZE / 2 + 2  # closest a shape's centre comes to the frame's edge
 TRAVEL_RANGE = FRAME_SIZE - 2 * MARGIN  # how far a shape can move and stay whole in the frame
 
@@ -100,7 +101,7 @@ TOY_WORDS = tuple(dict.fromkeys(
 
 def scene_speed(frames: int) -> float:
     """Pixels per frame of a moving shape in a scene of ``frames`` frames: ``SPEED``, or slower in a scene too long
-    to cross the frame at that speed (over 54 frames), so the shape stays whole in the frame to the scene's end."""
+    to cross the frame at that speed (over 27 frames), so the shape stays whole in the frame to the scene's end."""
     return min(SPEED, TRAVEL_RANGE / max(frames - 1, 1))
 
 
@@ -457,7 +458,7 @@ def read_video_attributes(
     """Per-frame attributes of a video ``[T, H, W, 3]``: the frame reading plus the motion of the centroid track."""
     arr = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     readings = [read_frame_attributes(f) for f in arr]
-    still = SPEED * 0.4 if still_speed is None else still_speed
+    still = STILL_SPEED if still_speed is None else still_speed
     out = []
     for t, r in enumerate(readings):
         attrs = r.attributes()

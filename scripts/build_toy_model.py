@@ -17,12 +17,14 @@ Stages (each a function below; ``--stage`` starts at one and reuses what is on d
 3. ``vae``: a small ``AutoencoderKLWan`` trained on toy frames. Its temporal convolutions start as "per frame" (only
    the causal tap on the current frame is non-zero, time downsampling keeps the newest frame, time upsampling
    repeats it), so it is trained fast on single frames (``--vae-clip-steps N`` adds N steps on 5-frame clips so the
-   temporal taps learn motion; 0 by default, so motion advances in 4-frame steps). Its residual branches start at
+   temporal taps learn motion; 0 by default: the decoder's motion steps at the end of this stage teach it instead). Its residual branches start at
    zero, which with a small step size (1e-4) takes it off the mean-colour plateau in a few hundred steps; the shape's
    pixels weigh more in the loss. It is then grown into Wan2.1's layout (:func:`grow_to_wan_layout`, decoder
    fine-tuned ``--vae-decoder-steps``), its 8 latent channels exposed as 16 (:func:`widen_latent_channels`) and its
    latent space mapped onto Wan2.1's fixed statistics (:func:`adopt_latent_statistics`). ``--vae-from`` reuses the
-   first part's result (``WORK/vae_trained``).
+   first part's result (``WORK/vae_trained``). Last, ``--vae-motion-steps`` train the decoder alone on 9-frame clips
+   (the encoder and so the latent space stay): frames between latents then move instead of repeating one position.
+   ``--vae-continue`` starts those steps from a finished VAE (a previous toy model's ``vae``) and skips the rest.
 4. ``data``: toy stories rendered into clips of 49 frames (13 latents), a manifest (JSON Lines, one clip per line)
    and the latent cache (``framecap_core.data.CacheWriter``: normalized latents and the clips' caption embeddings).
 5. ``train``: ``training/finetune.py`` (Diffusion Forcing, frame-level captions) from a random transformer, or from a
@@ -248,12 +250,14 @@ def _random_frames(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _random_clips(rng: np.random.Generator, n: int, frames: int) -> np.ndarray:
-    """``n`` toy clips of ``frames`` frames (random crops of stories, scene cuts included): ``[n, T, 64, 64, 3]``."""
+    """``n`` toy clips of ``frames`` frames (random crops of stories, scene cuts included): ``[n, T, 64, 64, 3]``.
+    Crops start on a multiple of 4 frames, so a cut falls where it does in every toy video, on a latent's first
+    frame: a latent never holds two scenes, and the decoder learns to cut cleanly instead of blending."""
     out = []
     for _ in range(n):
         story = tw.random_story(rng, num_frames=25, num_scenes=(1, 2), min_scene_frames=8)
         video = tw.render_story(story)
-        start = int(rng.integers(0, len(video) - frames + 1))
+        start = 4 * int(rng.integers(0, (len(video) - frames) // 4 + 1))
         out.append(video[start:start + frames])
     return np.stack(out)
 
@@ -285,8 +289,8 @@ def foreground_mask(x: torch.Tensor) -> torch.Tensor:
 
 def train_vae(vae, *, steps_image: int, steps_clip: int, seed: int = 0, lr: float = 1e-4, batch: int = 8,
               pool: int = 1024, latent_weight: float = 1e-4, foreground_weight: float = 4.0,
-              decoder_only: bool = False, latent_noise: float = 0.0):
-    """Reconstruction of the posterior mean, first on single frames, then on 5-frame clips.
+              decoder_only: bool = False, latent_noise: float = 0.0, clip_frames: int = 5):
+    """Reconstruction of the posterior mean, first on single frames, then on clips of ``clip_frames`` frames.
 
     The loss is a pixel MSE in which the shape's pixels weigh ``1 + foreground_weight``: a shape covers a few percent
     of a frame, and an unweighted MSE is content for a long time with a blurred one. Why these settings: the Wan
@@ -294,9 +298,11 @@ def train_vae(vae, *, steps_image: int, steps_clip: int, seed: int = 0, lr: floa
     (``make_vae``) a constant 1e-4 leaves the mean-colour plateau in ~400 steps, while 2e-4 takes ~1000 and 5e-4
     or more stay on it. Frames come from a fixed pool drawn once (rendering is slower than a step of this model).
     ``decoder_only``: train the decoder (and ``post_quant_conv``) against the frozen encoder's latents.
-    ``latent_noise``: single frames are decoded from latents with Gaussian noise added, of a standard deviation drawn
-    per frame from [0, ``latent_noise``] in units of each channel's ``latents_std`` (the diffusion model's units), so
-    the decoder draws a clean frame from a slightly wrong latent, as the transformer's outputs are."""
+    ``latent_noise``: frames and clips are decoded from latents with Gaussian noise added, of a standard deviation
+    drawn per sample from [0, ``latent_noise``] in units of each channel's ``latents_std`` (the diffusion model's
+    units), so the decoder draws a clean frame from a slightly wrong latent, as the transformer's outputs are.
+    Clips teach the decoder what single frames cannot: the three frames a latent holds besides its last, which a
+    decoder trained on frames alone draws as copies of one position (a moving shape that jumps every fourth frame)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()] if decoder_only else vae.parameters()
@@ -320,14 +326,14 @@ def train_vae(vae, *, steps_image: int, steps_clip: int, seed: int = 0, lr: floa
             # every causal tap but the current one) with none of the per-chunk bookkeeping
             with torch.set_grad_enabled(not decoder_only):
                 mu = vae.quant_conv(vae.encoder(x))[:, : vae.config.z_dim]
-            if latent_noise:
-                scale = torch.rand(batch, 1, 1, 1, 1) * latent_noise
-                mu = mu + scale * torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1) * torch.randn_like(mu)
-            rec = vae.decoder(vae.post_quant_conv(mu), first_chunk=True)
         else:
-            x = _to_input(_random_clips(rng, 4, 5))
-            mu = vae.encode(x).latent_dist.mode()
-            rec = decode_unclamped(vae, mu)
+            x = _to_input(_random_clips(rng, 4, clip_frames))
+            with torch.set_grad_enabled(not decoder_only):
+                mu = vae.encode(x).latent_dist.mode()
+        if latent_noise:
+            scale = torch.rand(mu.shape[0], 1, 1, 1, 1) * latent_noise
+            mu = mu + scale * torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1) * torch.randn_like(mu)
+        rec = vae.decoder(vae.post_quant_conv(mu), first_chunk=True) if image_phase else decode_unclamped(vae, mu)
         # a deterministic autoencoder (the posterior mean, as the latent cache uses) with a small penalty that keeps
         # the latents' scale bounded; the diffusion model sees them normalized by their measured mean / std
         fg = foreground_mask(x)
@@ -718,12 +724,13 @@ def load_exported_transformer(export: Path, base: Path):
 
 
 def training_phases(transformer_from: Path | None, steps: int, learning_rate: float, clips: int,
-                    grow: str | None = None) -> list[dict]:
+                    grow: str | None = None, seed: int = 0) -> list[dict]:
     """The transformer's training history for ``framecap.json``: the phases of the model it started from (read from
     that folder's ``framecap.json``; none for a random start, one "previous toy model" phase for a model built before
     phases were recorded) and this one. Each phase says on how many clips it trained (phases recorded before that
-    field existed trained on the clips their build recorded) and, when it grew the transformer first, how
-    (``grow``)."""
+    field existed trained on the clips their build recorded), how fast the toy world's shapes moved in them
+    (``toy_speed``, pixels a frame; phases recorded before that field ran at 0.75), its ``seed`` from when that was
+    recorded and, when it grew the transformer first, how (``grow``)."""
     from framecap_core.model_settings import read_model_settings
 
     earlier: list[dict] = []
@@ -741,9 +748,11 @@ def training_phases(transformer_from: Path | None, steps: int, learning_rate: fl
             earlier = [{"start": "a toy model built before training phases were recorded"}]
         if "clips" in built:
             earlier = [p if "clips" in p or "train_steps" not in p else {**p, "clips": built["clips"]} for p in earlier]
+        earlier = [p if "toy_speed" in p or "train_steps" not in p else {**p, "toy_speed": 0.75} for p in earlier]
     start = "random" if transformer_from is None else ("the phase before" if earlier[-1].get("train_steps")
                                                        else "previous toy model")
-    phase = {"train_steps": steps, "learning_rate": learning_rate, "clips": clips, "start": start}
+    phase = {"train_steps": steps, "learning_rate": learning_rate, "clips": clips, "start": start,
+             "toy_speed": tw.SPEED, "seed": seed}
     return [*earlier, {**phase, "grow": grow} if grow else phase]
 
 
@@ -761,6 +770,8 @@ def main(argv=None) -> int:
     parser.add_argument("--train-steps", type=int, default=3000)
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate of the transformer's "
                         "cosine schedule (lower when continuing a model with --transformer-from)")
+    parser.add_argument("--train-seed", type=int, help="seed of the transformer's batches and noise (default: --seed); "
+                        "a phase continuing another on the same clips may want other batches than it drew")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--transformer-from", help="a previous toy model folder to start the transformer from "
                         "(transformer_from_previous) instead of a random one")
@@ -774,6 +785,11 @@ def main(argv=None) -> int:
                         "wrong latents (the transformer's) still decode to clean toy frames")
     parser.add_argument("--vae-latent-noise", type=float, default=0.25,
                         help="largest noise standard deviation of those steps, in the diffusion model's units")
+    parser.add_argument("--vae-motion-steps", type=int, default=1000,
+                        help="last, decoder-only steps on 9-frame clips with latent noise, so a moving shape moves in "
+                        "every frame rather than every fourth")
+    parser.add_argument("--vae-continue", help="a finished toy VAE (a previous toy model's vae folder): run only the "
+                        "--vae-motion-steps on it, keeping its encoder and latent statistics")
     parser.add_argument("--vae-from", help="the vae stage's first VAE (runs/.../vae_trained, same --seed and "
                         "--vae-*-steps) to reuse instead of training it again")
     args = parser.parse_args(argv)
@@ -806,28 +822,35 @@ def main(argv=None) -> int:
     # 3. VAE
     if runs("vae"):
         t0 = time.time()
-        if args.vae_from:  # a VAE trained by this stage before (same seed and steps): skip the slowest part
+        if args.vae_continue:  # finished: its latent space is the one a previous transformer learned
+            vae = AutoencoderKLWan.from_pretrained(args.vae_continue).eval()
+            log(f"VAE continued from {args.vae_continue}")
+        elif args.vae_from:  # a VAE trained by this stage before (same seed and steps): skip the slowest part
             vae = AutoencoderKLWan.from_pretrained(args.vae_from).eval()
             log(f"VAE taken from {args.vae_from}")
         else:
             vae = train_vae(make_vae(args.seed), steps_image=args.vae_image_steps, steps_clip=args.vae_clip_steps,
                             seed=args.seed)
             vae.save_pretrained(work / "vae_trained", safe_serialization=True)
-        if list(vae.config.dim_mult) != WAN_DIM_MULT:
-            vae = train_vae(grow_to_wan_layout(vae), steps_image=args.vae_decoder_steps, steps_clip=0,
-                            seed=args.seed + 3, decoder_only=True)
-        vae = widen_latent_channels(vae, LATENT_CHANNELS)
-        stories = make_dataset(16, args.seed + 1)
-        z = vae_latents(vae, np.stack([tw.render_story(s) for s in stories]))
-        mean = z.mean(dim=(0, 2, 3, 4)).tolist()
-        std = z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3).tolist()
-        adopt_latent_statistics(vae, mean, std, WAN_LATENTS_MEAN, WAN_LATENTS_STD)
-        if args.vae_robust_steps:  # the latent space is final: only the decoder learns, the encoder's latents stay
-            vae = train_vae(vae, steps_image=args.vae_robust_steps, steps_clip=0, seed=args.seed + 4,
-                            decoder_only=True, latent_noise=args.vae_latent_noise)
+        if not args.vae_continue:
+            if list(vae.config.dim_mult) != WAN_DIM_MULT:
+                vae = train_vae(grow_to_wan_layout(vae), steps_image=args.vae_decoder_steps, steps_clip=0,
+                                seed=args.seed + 3, decoder_only=True)
+            vae = widen_latent_channels(vae, LATENT_CHANNELS)
+            stories = make_dataset(16, args.seed + 1)
+            z = vae_latents(vae, np.stack([tw.render_story(s) for s in stories]))
+            mean = z.mean(dim=(0, 2, 3, 4)).tolist()
+            std = z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3).tolist()
+            adopt_latent_statistics(vae, mean, std, WAN_LATENTS_MEAN, WAN_LATENTS_STD)
+            log(f"measured latents mean {np.round(mean, 2)} std {np.round(std, 2)}, mapped onto Wan2.1's")
+            if args.vae_robust_steps:  # the latent space is final: only the decoder learns, the encoder's latents stay
+                vae = train_vae(vae, steps_image=args.vae_robust_steps, steps_clip=0, seed=args.seed + 4,
+                                decoder_only=True, latent_noise=args.vae_latent_noise)
+        if args.vae_motion_steps:
+            vae = train_vae(vae, steps_image=0, steps_clip=args.vae_motion_steps, seed=args.seed + 5,
+                            decoder_only=True, latent_noise=args.vae_latent_noise, clip_frames=9)
         vae.save_pretrained(work / "vae", safe_serialization=True)
-        log(f"VAE ready in {time.time() - t0:.0f} s; measured latents mean {np.round(mean, 2)} std "
-            f"{np.round(std, 2)}, mapped onto Wan2.1's")
+        log(f"VAE ready in {time.time() - t0:.0f} s")
     if last <= STAGES.index("vae"):
         return 0
     tokenizer = AutoTokenizer.from_pretrained(str(work / "tokenizer"))
@@ -852,7 +875,8 @@ def main(argv=None) -> int:
         t0 = time.time()
         if (work / "train").exists():
             shutil.rmtree(work / "train")
-        run_finetune(train_config(work, args.train_steps, args.seed, learning_rate=args.learning_rate), args.threads)
+        train_seed = args.seed if args.train_seed is None else args.train_seed
+        run_finetune(train_config(work, args.train_steps, train_seed, learning_rate=args.learning_rate), args.threads)
         log(f"transformer trained in {time.time() - t0:.0f} s")
 
     if last < STAGES.index("assemble"):
@@ -862,8 +886,10 @@ def main(argv=None) -> int:
     build = {"seed": args.seed, "clips": args.clips, "vae_image_steps": args.vae_image_steps,
              "vae_clip_steps": args.vae_clip_steps, "vae_decoder_steps": args.vae_decoder_steps,
              "vae_robust_steps": args.vae_robust_steps, "vae_latent_noise": args.vae_latent_noise,
+             "vae_motion_steps": args.vae_motion_steps, "vae_start": "previous toy model" if args.vae_continue else "random",
              "phases": training_phases(Path(args.transformer_from) if args.transformer_from else None,
-                                       args.train_steps, args.learning_rate, args.clips, args.grow)}
+                                       args.train_steps, args.learning_rate, args.clips, args.grow,
+                                       args.seed if args.train_seed is None else args.train_seed)}
     save_folder(out, transformer=transformer, vae=vae, text_encoder=encoder, tokenizer=tokenizer, build=build)
     log(f"toy model written to {out} ({folder_size(out) / 1e6:.1f} MB) in {time.time() - t_all:.0f} s")
     return 0

@@ -87,14 +87,17 @@ def test_training_phases_carry_the_history_and_the_clips(tmp_path):
     import json
 
     phases = _build_script().training_phases
-    assert phases(None, 300, 1e-3, 64) == [{"train_steps": 300, "learning_rate": 1e-3, "clips": 64, "start": "random"}]
+    speed = _build_script().tw.SPEED
+    assert phases(None, 300, 1e-3, 64) == [{"train_steps": 300, "learning_rate": 1e-3, "clips": 64, "start": "random",
+                                            "toy_speed": speed, "seed": 0}]
     earlier = [{"train_steps": 3000, "learning_rate": 1e-3, "start": "previous toy model"},
                {"train_steps": 1000, "learning_rate": 7e-4, "clips": 256, "start": "the phase before"}]
     (tmp_path / "framecap.json").write_text(json.dumps({"build": {"clips": 512, "phases": earlier}}))
-    assert phases(tmp_path, 6000, 5e-4, 2048) == [
-        {"train_steps": 3000, "learning_rate": 1e-3, "clips": 512, "start": "previous toy model"},
-        {"train_steps": 1000, "learning_rate": 7e-4, "clips": 256, "start": "the phase before"},
-        {"train_steps": 6000, "learning_rate": 5e-4, "clips": 2048, "start": "the phase before"}]
+    assert phases(tmp_path, 6000, 5e-4, 2048, seed=1) == [
+        {"train_steps": 3000, "learning_rate": 1e-3, "clips": 512, "start": "previous toy model", "toy_speed": 0.75},
+        {"train_steps": 1000, "learning_rate": 7e-4, "clips": 256, "start": "the phase before", "toy_speed": 0.75},
+        {"train_steps": 6000, "learning_rate": 5e-4, "clips": 2048, "start": "the phase before", "toy_speed": speed,
+         "seed": 1}]
 
 
 @pytest.mark.parametrize("how", ["wide", "deep"])
@@ -131,7 +134,29 @@ def test_grown_transformer_computes_what_it_grew_from(how):
 def test_training_phases_record_a_growth():
     phases = _build_script().training_phases
     assert phases(None, 300, 1e-3, 64, "wide") == [
-        {"train_steps": 300, "learning_rate": 1e-3, "clips": 64, "start": "random", "grow": "wide"}]
+        {"train_steps": 300, "learning_rate": 1e-3, "clips": 64, "start": "random", "toy_speed": _build_script().tw.SPEED,
+         "seed": 0, "grow": "wide"}]
+
+
+def test_vae_motion_steps_continue_a_finished_vae_and_keep_its_latent_space(tmp_path):
+    """``--vae-continue`` runs only the decoder's clip steps on a finished toy VAE: its encoder and latent statistics
+    (what a transformer trained on its latents relies on) stay exactly, its decoder learns."""
+    from diffusers import AutoencoderKLWan
+
+    source = REPO / "framecap_core" / "toy_model" / "vae"
+    if not (source / "config.json").is_file():
+        pytest.skip("toy model not built (scripts/build_toy_model.py)")
+    code = _build_script().main(["--work", str(tmp_path), "--stage", "vae", "--until", "vae", "--vae-continue",
+                                 str(source), "--vae-motion-steps", "2"])
+    assert code == 0
+    before = AutoencoderKLWan.from_pretrained(str(source))
+    after = AutoencoderKLWan.from_pretrained(str(tmp_path / "vae"))
+    assert (after.config.latents_mean, after.config.latents_std) == (before.config.latents_mean,
+                                                                      before.config.latents_std)
+    old, new = before.state_dict(), after.state_dict()
+    kept = [k for k in old if k.startswith(("encoder.", "quant_conv."))]
+    assert kept and all(torch.equal(old[k], new[k]) for k in kept)
+    assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
 
 
 def test_grow_outside_the_data_stage_is_refused_in_one_line(capsys):
