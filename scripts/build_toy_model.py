@@ -797,6 +797,15 @@ def main(argv=None) -> int:
     if args.grow and not first <= STAGES.index("data") <= last:
         parser.error("--grow takes effect in the data stage (it writes the folder training starts from); start at "
                      "--stage data or earlier, or leave out --grow")
+    if args.vae_continue:
+        if not first <= STAGES.index("vae") <= last:
+            parser.error("--vae-continue takes effect in the vae stage; start at --stage vae or earlier, or leave it out")
+        if args.vae_from:
+            parser.error("--vae-continue (a finished VAE) and --vae-from (the vae stage's first part) exclude each "
+                         "other: give one")
+        if not (Path(args.vae_continue) / "config.json").is_file():
+            parser.error(f"--vae-continue {args.vae_continue}: no VAE there (expected a folder with config.json, "
+                         "e.g. a toy model's vae folder)")
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     work, out = Path(args.work), Path(args.out)

@@ -159,6 +159,21 @@ def test_vae_motion_steps_continue_a_finished_vae_and_keep_its_latent_space(tmp_
     assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--stage", "data"], "--vae-continue takes effect in the vae stage"),
+    (["--vae-from", "runs/vae_trained"], "exclude each other"),
+    ([], "no VAE there"),
+])
+def test_vae_continue_mistakes_are_refused_in_one_line(tmp_path, capsys, extra, message):
+    """A --vae-continue that would be ignored, contradicted or has no VAE behind it stops before any work."""
+    source = REPO / "framecap_core" / "toy_model" / "vae"
+    given = str(tmp_path / "missing") if message == "no VAE there" else str(source)
+    with pytest.raises(SystemExit) as stop:
+        _build_script().main(["--work", str(tmp_path), "--vae-continue", given, *extra])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_grow_outside_the_data_stage_is_refused_in_one_line(capsys):
     """--grow acts in the data stage; a run that skips it would record a growth that never happened."""
     with pytest.raises(SystemExit) as stop:
