@@ -76,6 +76,8 @@ HEAD_DIM = 128
 TRANSFORMER_TEXT_DIM = 4096
 CLIP_FRAMES = 49  # 13 latents
 WINDOW_LATENTS = 9  # training window: 33 frames
+CLIP_SCENES = (1, 4)  # scenes per training clip, fewest and most
+DF_ZERO_STEP_PROB = 0.3  # Diffusion Forcing: share of training samples at one noise level for every latent
 VAE_CONFIG = dict(
     base_dim=8, z_dim=Z_DIM, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
     temperal_downsample=[False, True, True], dropout=0.0,
@@ -458,9 +460,10 @@ def vae_latents(vae, clips: np.ndarray, batch: int = 8) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------- data
 
 
-def make_dataset(num_clips: int, seed: int) -> list[tw.ToyStory]:
+def make_dataset(num_clips: int, seed: int, scenes: tuple[int, int] = CLIP_SCENES) -> list[tw.ToyStory]:
+    """``num_clips`` random toy clips of ``CLIP_FRAMES`` frames, each of ``scenes`` = (fewest, most) scenes."""
     rng = np.random.default_rng(seed)
-    return [tw.random_story(rng, num_frames=CLIP_FRAMES, num_scenes=(1, 4)) for _ in range(num_clips)]
+    return [tw.random_story(rng, num_frames=CLIP_FRAMES, num_scenes=scenes) for _ in range(num_clips)]
 
 
 def write_manifest(stories: list[tw.ToyStory], path: Path, seed: int) -> None:
@@ -692,7 +695,7 @@ def train_config(work: Path, steps: int, seed: int, *, cache: str = "cache", out
         "height": 64, "width": 64, "text_len": text_len, "window_latents": WINDOW_LATENTS, "max_steps": steps,
         "batch_size": 16, "learning_rate": 1e-3, "lr_schedule": "cosine", "lr_warmup_steps": min(100, steps // 10),
         "weight_decay": 0.01, "max_grad_norm": 1.0, "seed": seed, "df_step_size_range": [0.0, 0.1],
-        "df_zero_step_prob": 0.3, "df_shift": 3.0, "caption_dropout": 0.1, "checkpoint_every": max(steps // 2, 1), "keep_checkpoints": 1,
+        "df_zero_step_prob": DF_ZERO_STEP_PROB, "df_shift": 3.0, "caption_dropout": 0.1, "checkpoint_every": max(steps // 2, 1), "keep_checkpoints": 1,
         "report_to": "none", "export_format": "diffusers", "log_every": 50, **extra,
     }
     path = work / f"{out}.json"
@@ -724,13 +727,16 @@ def load_exported_transformer(export: Path, base: Path):
 
 
 def training_phases(transformer_from: Path | None, steps: int, learning_rate: float, clips: int,
-                    grow: str | None = None, seed: int = 0) -> list[dict]:
+                    grow: str | None = None, seed: int = 0, df_zero_step_prob: float = DF_ZERO_STEP_PROB,
+                    clip_scenes: tuple[int, int] = CLIP_SCENES) -> list[dict]:
     """The transformer's training history for ``framecap.json``: the phases of the model it started from (read from
     that folder's ``framecap.json``; none for a random start, one "previous toy model" phase for a model built before
     phases were recorded) and this one. Each phase says on how many clips it trained (phases recorded before that
     field existed trained on the clips their build recorded), how fast the toy world's shapes moved in them
     (``toy_speed``, pixels a frame; phases recorded before that field ran at 0.75), its ``seed`` from when that was
-    recorded and, when it grew the transformer first, how (``grow``)."""
+    recorded, its Diffusion Forcing share of synchronous samples (``df_zero_step_prob``) and scenes per clip
+    (``clip_scenes``; phases recorded before these fields used 0.3 and 1-4) and, when it grew the transformer first,
+    how (``grow``)."""
     from framecap_core.model_settings import read_model_settings
 
     earlier: list[dict] = []
@@ -749,10 +755,13 @@ def training_phases(transformer_from: Path | None, steps: int, learning_rate: fl
         if "clips" in built:
             earlier = [p if "clips" in p or "train_steps" not in p else {**p, "clips": built["clips"]} for p in earlier]
         earlier = [p if "toy_speed" in p or "train_steps" not in p else {**p, "toy_speed": 0.75} for p in earlier]
+        earlier = [p if "df_zero_step_prob" in p or "train_steps" not in p
+                   else {**p, "df_zero_step_prob": 0.3, "clip_scenes": [1, 4]} for p in earlier]
     start = "random" if transformer_from is None else ("the phase before" if earlier[-1].get("train_steps")
                                                        else "previous toy model")
     phase = {"train_steps": steps, "learning_rate": learning_rate, "clips": clips, "start": start,
-             "toy_speed": tw.SPEED, "seed": seed}
+             "toy_speed": tw.SPEED, "seed": seed, "df_zero_step_prob": df_zero_step_prob,
+             "clip_scenes": list(clip_scenes)}
     return [*earlier, {**phase, "grow": grow} if grow else phase]
 
 
@@ -765,6 +774,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clips", type=int, default=512, help="toy clips the transformer trains on: the first N of "
                         "one seeded stream, so a larger N keeps a smaller one's clips")
+    parser.add_argument("--clip-scenes", type=int, nargs=2, default=list(CLIP_SCENES), metavar=("FEWEST", "MOST"),
+                        help="scenes per training clip (49 frames; each scene at least 12): fewer scenes are longer, "
+                        "so a training window holds more of one scene's motion")
     parser.add_argument("--vae-image-steps", type=int, default=3000)
     parser.add_argument("--vae-clip-steps", type=int, default=0)
     parser.add_argument("--train-steps", type=int, default=3000)
@@ -772,6 +784,9 @@ def main(argv=None) -> int:
                         "cosine schedule (lower when continuing a model with --transformer-from)")
     parser.add_argument("--train-seed", type=int, help="seed of the transformer's batches and noise (default: --seed); "
                         "a phase continuing another on the same clips may want other batches than it drew")
+    parser.add_argument("--df-zero-step-prob", type=float, default=DF_ZERO_STEP_PROB,
+                        help="share of training samples with every latent at one noise level (Diffusion Forcing's "
+                        "delta = 0: what PMWD samples); the rest get a per-frame ramp")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--transformer-from", help="a previous toy model folder to start the transformer from "
                         "(transformer_from_previous) instead of a random one")
@@ -797,6 +812,13 @@ def main(argv=None) -> int:
     if args.grow and not first <= STAGES.index("data") <= last:
         parser.error("--grow takes effect in the data stage (it writes the folder training starts from); start at "
                      "--stage data or earlier, or leave out --grow")
+    fewest, most = args.clip_scenes
+    if not 1 <= fewest <= most <= 4:
+        parser.error(f"--clip-scenes {fewest} {most}: give FEWEST MOST with 1 <= FEWEST <= MOST <= 4 (a 49-frame clip "
+                     "holds at most 4 scenes of 12 frames); default 1 4")
+    if not 0.0 <= args.df_zero_step_prob <= 1.0:
+        parser.error(f"--df-zero-step-prob {args.df_zero_step_prob}: a probability, between 0 and 1 (default "
+                     f"{DF_ZERO_STEP_PROB})")
     if args.vae_continue:
         if not first <= STAGES.index("vae") <= last:
             parser.error("--vae-continue takes effect in the vae stage; start at --stage vae or earlier, or leave it out")
@@ -869,7 +891,7 @@ def main(argv=None) -> int:
     # 4. dataset, manifest, latent cache, and the base folder training starts from
     if runs("data"):
         t0 = time.time()
-        stories = make_dataset(args.clips, args.seed + 2)
+        stories = make_dataset(args.clips, args.seed + 2, tuple(args.clip_scenes))
         write_manifest(stories, work / "manifest.jsonl", args.seed + 2)
         write_cache(stories, work / "cache", vae, encoder, tokenizer)
         start_from = (transformer_from_previous(Path(args.transformer_from), encoder, tokenizer, args.seed)
@@ -885,7 +907,8 @@ def main(argv=None) -> int:
         if (work / "train").exists():
             shutil.rmtree(work / "train")
         train_seed = args.seed if args.train_seed is None else args.train_seed
-        run_finetune(train_config(work, args.train_steps, train_seed, learning_rate=args.learning_rate), args.threads)
+        run_finetune(train_config(work, args.train_steps, train_seed, learning_rate=args.learning_rate,
+                                  df_zero_step_prob=args.df_zero_step_prob), args.threads)
         log(f"transformer trained in {time.time() - t0:.0f} s")
 
     if last < STAGES.index("assemble"):
@@ -898,7 +921,8 @@ def main(argv=None) -> int:
              "vae_motion_steps": args.vae_motion_steps, "vae_start": "previous toy model" if args.vae_continue else "random",
              "phases": training_phases(Path(args.transformer_from) if args.transformer_from else None,
                                        args.train_steps, args.learning_rate, args.clips, args.grow,
-                                       args.seed if args.train_seed is None else args.train_seed)}
+                                       args.seed if args.train_seed is None else args.train_seed,
+                                       args.df_zero_step_prob, tuple(args.clip_scenes))}
     save_folder(out, transformer=transformer, vae=vae, text_encoder=encoder, tokenizer=tokenizer, build=build)
     log(f"toy model written to {out} ({folder_size(out) / 1e6:.1f} MB) in {time.time() - t_all:.0f} s")
     return 0

@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,15 +90,45 @@ def test_training_phases_carry_the_history_and_the_clips(tmp_path):
     phases = _build_script().training_phases
     speed = _build_script().tw.SPEED
     assert phases(None, 300, 1e-3, 64) == [{"train_steps": 300, "learning_rate": 1e-3, "clips": 64, "start": "random",
-                                            "toy_speed": speed, "seed": 0}]
+                                            "toy_speed": speed, "seed": 0, "df_zero_step_prob": 0.3,
+                                            "clip_scenes": [1, 4]}]
     earlier = [{"train_steps": 3000, "learning_rate": 1e-3, "start": "previous toy model"},
                {"train_steps": 1000, "learning_rate": 7e-4, "clips": 256, "start": "the phase before"}]
     (tmp_path / "framecap.json").write_text(json.dumps({"build": {"clips": 512, "phases": earlier}}))
-    assert phases(tmp_path, 6000, 5e-4, 2048, seed=1) == [
-        {"train_steps": 3000, "learning_rate": 1e-3, "clips": 512, "start": "previous toy model", "toy_speed": 0.75},
-        {"train_steps": 1000, "learning_rate": 7e-4, "clips": 256, "start": "the phase before", "toy_speed": 0.75},
+    assert phases(tmp_path, 6000, 5e-4, 2048, seed=1, df_zero_step_prob=0.8, clip_scenes=(1, 2)) == [
+        {"train_steps": 3000, "learning_rate": 1e-3, "clips": 512, "start": "previous toy model", "toy_speed": 0.75,
+         "df_zero_step_prob": 0.3, "clip_scenes": [1, 4]},
+        {"train_steps": 1000, "learning_rate": 7e-4, "clips": 256, "start": "the phase before", "toy_speed": 0.75,
+         "df_zero_step_prob": 0.3, "clip_scenes": [1, 4]},
         {"train_steps": 6000, "learning_rate": 5e-4, "clips": 2048, "start": "the phase before", "toy_speed": speed,
-         "seed": 1}]
+         "seed": 1, "df_zero_step_prob": 0.8, "clip_scenes": [1, 2]}]
+
+
+def test_train_config_takes_the_share_of_synchronous_samples(tmp_path, capsys):
+    """``--df-zero-step-prob`` reaches training/finetune.py's config; outside [0, 1] it stops in one line."""
+    import json
+
+    build = _build_script()
+    assert json.loads(build.train_config(tmp_path, 10, 0).read_text())["df_zero_step_prob"] == 0.3
+    path = build.train_config(tmp_path, 10, 0, df_zero_step_prob=0.8)
+    assert json.loads(path.read_text())["df_zero_step_prob"] == 0.8
+    with pytest.raises(SystemExit):
+        build.main(["--work", str(tmp_path), "--df-zero-step-prob", "1.5"])
+    assert "--df-zero-step-prob 1.5: a probability, between 0 and 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build.main(["--work", str(tmp_path), "--clip-scenes", "3", "2"])
+    assert "--clip-scenes 3 2: give FEWEST MOST with 1 <= FEWEST <= MOST <= 4" in capsys.readouterr().err
+
+
+def test_clip_scenes_bound_the_scenes_of_every_training_clip():
+    """``--clip-scenes`` sets how many scenes a training clip has; the default keeps the seeded stream earlier toy
+    models trained on."""
+    build = _build_script()
+    long_scenes = build.make_dataset(40, 2, (1, 2))
+    assert {len(story.scenes) for story in long_scenes} == {1, 2}
+    assert all(story.num_frames == build.CLIP_FRAMES for story in long_scenes)
+    rng = np.random.default_rng(2)
+    assert build.make_dataset(5, 2) == [build.tw.random_story(rng, num_frames=49, num_scenes=(1, 4)) for _ in range(5)]
 
 
 @pytest.mark.parametrize("how", ["wide", "deep"])
@@ -135,7 +166,7 @@ def test_training_phases_record_a_growth():
     phases = _build_script().training_phases
     assert phases(None, 300, 1e-3, 64, "wide") == [
         {"train_steps": 300, "learning_rate": 1e-3, "clips": 64, "start": "random", "toy_speed": _build_script().tw.SPEED,
-         "seed": 0, "grow": "wide"}]
+         "seed": 0, "df_zero_step_prob": 0.3, "clip_scenes": [1, 4], "grow": "wide"}]
 
 
 def test_vae_motion_steps_continue_a_finished_vae_and_keep_its_latent_space(tmp_path):
