@@ -5,7 +5,9 @@ right on a blue background. Then ..."), given to ``framecap generate --model toy
 README's first command does (the offline prompt builder makes the timeline, the model's own defaults sample it, the
 mp4 is written and read back), and every frame is read by the toy oracle and compared with the caption the timeline
 gives that frame. Reported: the share of frames whose shape, shape colour, background and motion are right, and of
-frames with all four right, over all stories (and the spread over stories).
+frames with all four right, over all stories (and the spread over stories); and, pooled over the frame pairs where a
+shape should move, the share of steps that go the caption's way and of those that go back (``toyworld.track_steps``:
+a model that carries the shape's position only a few frames draws a sawtooth).
 
 Held-out seeds: the stories come from ``toyworld.random_story(HELD_OUT_SEED + i)`` for ``i < --stories``. The toy
 build's data uses ``default_rng(seed)`` streams 0-2, the tests fixed stories or small seeds, the paper benchmark
@@ -59,11 +61,14 @@ def main_command_frames(model: str, story_text: str, out: Path) -> tuple[np.ndar
 
 
 def score_story(frames: np.ndarray, truth: list[dict]) -> dict[str, float]:
-    """Share of frames with each attribute right (and all four)."""
+    """Share of frames with each attribute right (and all four), and how the shape moves between frames where it
+    should move (``toyworld.track_steps``: ``forward`` / ``back`` shares of frame pairs, ``pairs``)."""
     reads = tw.read_video_attributes(frames)
     right = {k: [r[k] == t[k] for r, t in zip(reads, truth, strict=True)] for k in ATTRIBUTES}
     out = {k: float(np.mean(v)) for k, v in right.items()}
     out["all"] = float(np.mean([all(right[k][i] for k in ATTRIBUTES) for i in range(len(truth))]))
+    steps = tw.track_steps(frames, truth)
+    out.update(forward=steps["forward"], back=steps["back"], pairs=steps["pairs"])
     return out
 
 
@@ -103,6 +108,11 @@ def main(argv=None) -> int:
     print("|" + "---|" * len(keys))
     print("| " + " | ".join(f"{np.mean([r[k] for r in rows]):.3f} ({np.std([r[k] for r in rows]):.3f})"
                             for k in keys) + " |")
+    pairs = sum(r["pairs"] for r in rows)
+    if pairs:  # pooled over stories: a story with still scenes only has no pairs
+        share = {k: sum(r[k] * r["pairs"] for r in rows if r["pairs"]) / pairs for k in ("forward", "back")}
+        print(f"\nwhere the shape should move ({pairs} frame pairs): {share['forward']:.1%} of steps go the "
+              f"caption's way, {share['back']:.1%} go back more than a pixel (a toy video: all forward)")
     print("\ntargets: " + ", ".join(f"{k} >= {v}" for k, v in TARGETS.items()) + "; "
           + ("all met" if all(np.mean([r[k] for r in rows]) >= v for k, v in TARGETS.items()) else "NOT all met"))
     if earlier is not None:

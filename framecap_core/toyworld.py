@@ -57,6 +57,7 @@ __all__ = [
     "scene_hold",
     "scene_speed",
     "story_text",
+    "track_steps",
 ]
 
 FRAME_SIZE = 64
@@ -465,6 +466,29 @@ def read_video_attributes(
         attrs["motion"] = _motion_at(readings, t, radius, still)
         out.append(attrs)
     return out
+
+
+def track_steps(frames: Any, truth: list[dict[str, str | None]], *, back: float = 1.0) -> dict[str, float | None]:
+    """How a video's shape moves from frame to frame where its caption says it moves: over consecutive frame pairs
+    of ``frames`` ``[T, H, W, 3]`` within one scene (the same caption attributes in ``truth``, one dict per frame as
+    ``parse_caption`` gives) that name a direction, the share whose centroid advances along it by more than
+    ``STILL_SPEED`` (``forward``), goes back by more than ``back`` pixels (``back``) or neither (``level``); ``pairs``
+    counts them (the shares are None without any). A toy video moves forward in every such pair; a model that carries
+    the shape's position only a few frames draws a sawtooth: forward, then a jump back."""
+    arr = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    if len(truth) != len(arr):
+        raise ValueError(f"{len(truth)} captions for {len(arr)} frames: give one per frame")
+    centroids = [read_frame_attributes(f).centroid for f in arr]
+    counts = {"forward": 0, "level": 0, "back": 0}
+    for t in range(1, len(arr)):
+        a, b, motion = centroids[t - 1], centroids[t], truth[t]["motion"]
+        if truth[t - 1] != truth[t] or motion not in MOTIONS or motion == "still" or a is None or b is None:
+            continue
+        ux, uy = MOTIONS[motion]
+        along = (b[0] - a[0]) * ux + (b[1] - a[1]) * uy
+        counts["forward" if along > STILL_SPEED else ("back" if along < -back else "level")] += 1
+    pairs = sum(counts.values())
+    return {**{k: v / pairs if pairs else None for k, v in counts.items()}, "pairs": pairs}
 
 
 def scene_hold(frames: Any, story: ToyStory, *, edge: int = 8, min_frames: int = 48) -> dict[str, float]:

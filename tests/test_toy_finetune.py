@@ -24,11 +24,16 @@ STEPS = 40
 HELD_OUT_DRAWS = 16  # fixed micro-batches: clip, window offset, Diffusion Forcing timesteps and noise
 
 
-def _build_script():
-    spec = importlib.util.spec_from_file_location("framecap_build_toy_model", REPO / "scripts" / "build_toy_model.py")
+def _load_script(relative: str):
+    """A script of the repo (``scripts/...``, ``benchmarks/...``) imported as a module."""
+    spec = importlib.util.spec_from_file_location("framecap_" + Path(relative).stem, REPO / relative)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _build_script():
+    return _load_script("scripts/build_toy_model.py")
 
 
 def held_out_loss(transformer, config, cache_dir) -> float:
@@ -223,9 +228,7 @@ def test_caption_word_benchmark_swaps_one_word_and_keeps_the_videos(tmp_path):
     from framecap_core.data import LatentCache
     from framecap_core.models import load_wan
 
-    spec = importlib.util.spec_from_file_location("framecap_bench_words", REPO / "benchmarks" / "bench_toy_caption_words.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_script("benchmarks/bench_toy_caption_words.py")
     build = _build_script()
     stories = [tw.random_story(seed, num_frames=build.CLIP_FRAMES, num_scenes=(1, 4)) for seed in (31_000, 31_001)]
     rng = np.random.default_rng(0)
@@ -251,3 +254,20 @@ def test_caption_word_benchmark_swaps_one_word_and_keeps_the_videos(tmp_path):
         assert torch.equal(true[i]["latents"], swapped[i]["latents"])
         assert swapped.meta[swapped.clip_ids[i]]["captions"] == [s.caption for s in story.scenes]
         assert not torch.equal(true[i]["text"], swapped[i]["text"])
+
+
+def test_bench_toy_model_scores_a_story_and_its_motion_steps(tmp_path, capsys):
+    """``benchmarks/bench_toy_model.py`` end to end on one tuning story: every share in [0, 1], the frame pairs where
+    the shape should move counted, and the pooled forward / back line printed."""
+    import json
+
+    if not (REPO / "framecap_core" / "toy_model" / "model_index.json").is_file():
+        pytest.skip("toy model not built (scripts/build_toy_model.py)")
+    bench = _load_script("benchmarks/bench_toy_model.py")
+    out = tmp_path / "scores.json"
+    assert bench.main(["--stories", "1", "--first-seed", "509", "--threads", "1", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["stories"][0]
+    assert all(0.0 <= row[k] <= 1.0 for k in (*bench.ATTRIBUTES, "all", "forward", "back"))
+    assert row["pairs"] > 40  # story 509: two moving scenes in 65 frames
+    printed = capsys.readouterr().out
+    assert "NOT held-out seeds" in printed and f"where the shape should move ({row['pairs']} frame pairs)" in printed

@@ -144,6 +144,24 @@ def test_oracle_catches_a_wrong_video():
     assert min(reads.values()) < 0.9
 
 
+def test_track_steps_finds_a_sawtooth():
+    """A rendered scene moves forward in every frame pair; the same scene replayed in 8-frame loops goes back once
+    every 8 pairs, and only the moving scene's pairs count."""
+    story = tw.ToyStory([tw.ToyScene("square", "red", "blue", "right", frames=33, x=20.0, y=32.0),
+                         tw.ToyScene("circle", "white", "black", "still", frames=16)])
+    frames = tw.render_story(story)
+    truth = [sc.attributes() for sc in story.scenes for _ in range(sc.frames)]
+    assert tw.track_steps(frames, truth) == {"forward": 1.0, "level": 0.0, "back": 0.0, "pairs": 32}
+    looped = frames.copy()
+    looped[:33] = frames[[t % 8 for t in range(33)]]
+    steps = tw.track_steps(looped, truth)
+    assert steps["pairs"] == 32 and steps["back"] == pytest.approx(4 / 32) and steps["forward"] == pytest.approx(28 / 32)
+    still_only = [sc.attributes() | {"motion": "still"} for sc in story.scenes for _ in range(sc.frames)]
+    assert tw.track_steps(frames, still_only)["forward"] is None
+    with pytest.raises(ValueError, match="one per frame"):
+        tw.track_steps(frames, truth[:-1])
+
+
 def test_oracle_embedder_similarity_counts_agreements():
     emb = tw.OracleEmbedder()
     t = emb.embed_texts([tw.caption("circle", "red", "blue", "left"), tw.caption("circle", "red", "green", "up")])
