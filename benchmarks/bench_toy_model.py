@@ -99,7 +99,8 @@ def main(argv=None) -> int:
             frames, truth = main_command_frames(args.model, tw.story_text(story), Path(tmp) / f"story{i}.mp4")
             rows.append(score_story(frames, truth))
             print(f"[{time.time() - t0:.0f} s] story {args.first_seed + i}: "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in rows[-1].items()), file=sys.stderr)
+                  + ", ".join(f"{k} {v:.2f}" for k, v in rows[-1].items() if k != "pairs" and v is not None),
+                  file=sys.stderr)
     keys = (*ATTRIBUTES, "all")
     kind = "Held-out toy stories" if args.first_seed >= HELD_OUT_SEED else "Toy stories (NOT held-out seeds)"
     print(f"\n{kind} {args.first_seed}..{args.first_seed + args.stories - 1} (65 frames, 2-3 scenes), "

@@ -257,16 +257,17 @@ def test_caption_word_benchmark_swaps_one_word_and_keeps_the_videos(tmp_path):
 
 
 def test_bench_toy_model_scores_a_story_and_its_motion_steps(tmp_path, capsys):
-    """``benchmarks/bench_toy_model.py`` end to end on one tuning story: every share in [0, 1], the frame pairs where
-    the shape should move counted, and the pooled forward / back line printed."""
+    """``benchmarks/bench_toy_model.py`` end to end on two tuning stories, one with still shapes only (no frame pairs
+    where the shape should move): every share in [0, 1], the pairs counted, the pooled forward / back line printed."""
     import json
 
     if not (REPO / "framecap_core" / "toy_model" / "model_index.json").is_file():
         pytest.skip("toy model not built (scripts/build_toy_model.py)")
     bench = _load_script("benchmarks/bench_toy_model.py")
     out = tmp_path / "scores.json"
-    assert bench.main(["--stories", "1", "--first-seed", "509", "--threads", "1", "--json", str(out)]) == 0
-    row = json.loads(out.read_text())["stories"][0]
+    assert bench.main(["--stories", "2", "--first-seed", "508", "--threads", "1", "--json", str(out)]) == 0
+    still, row = json.loads(out.read_text())["stories"]
+    assert still["pairs"] == 0 and still["forward"] is None and still["back"] is None
     assert all(0.0 <= row[k] <= 1.0 for k in (*bench.ATTRIBUTES, "all", "forward", "back"))
     assert row["pairs"] > 40  # story 509: two moving scenes in 65 frames
     printed = capsys.readouterr().out
