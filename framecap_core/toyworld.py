@@ -453,11 +453,16 @@ def _motion_at(readings: list[FrameReading], t: int, radius: int, still_speed: f
     return "down" if my > 0 else "up"
 
 
+def _as_array(frames: Any) -> np.ndarray:
+    """A video ``[T, H, W, 3]`` (tensor or array-like) as a numpy array."""
+    return frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+
+
 def read_video_attributes(
     frames: Any, *, radius: int = 4, still_speed: float | None = None
 ) -> list[dict[str, str | None]]:
     """Per-frame attributes of a video ``[T, H, W, 3]``: the frame reading plus the motion of the centroid track."""
-    arr = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    arr = _as_array(frames)
     readings = [read_frame_attributes(f) for f in arr]
     still = STILL_SPEED if still_speed is None else still_speed
     out = []
@@ -475,7 +480,7 @@ def track_steps(frames: Any, truth: list[dict[str, str | None]], *, back: float 
     ``STILL_SPEED`` (``forward``), goes back by more than ``back`` pixels (``back``) or neither (``level``); ``pairs``
     counts them (the shares are None without any). A toy video moves forward in every such pair; a model that carries
     the shape's position only a few frames draws a sawtooth: forward, then a jump back."""
-    arr = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    arr = _as_array(frames)
     if len(truth) != len(arr):
         raise ValueError(f"{len(truth)} captions for {len(arr)} frames: give one per frame")
     centroids = [read_frame_attributes(f).centroid for f in arr]
@@ -502,7 +507,7 @@ def scene_hold(frames: Any, story: ToyStory, *, edge: int = 8, min_frames: int =
     mostly do; ``size_drift`` is ``|A_last - A_first| / max(A_first, A_last)`` with ``A`` the mean shape area (mask
     pixels) over the first and the last ``edge`` frames (0: same size, 1: the shape appeared or vanished). Means over
     those scenes, ``nan`` when the story has none. ``frames``: ``[T, H, W, 3]`` as ``story`` times them."""
-    arr = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    arr = _as_array(frames)
     if len(arr) != story.num_frames:
         raise ValueError(f"the video has {len(arr)} frames, the story {story.num_frames}")
     holds, drifts, start = [], [], 0
